@@ -1,0 +1,133 @@
+"""Checkpoints: DeepSpeed's own files plus our per-rank state and an exported model, made visible
+atomically through the `latest` file only once every rank has finished writing.
+
+Layout of RUN_DIR/checkpoints/<tag>/:
+  DeepSpeed's model and optimizer states (written by engine.save_checkpoint)
+  rank00000_state.safetensors   noise table scores and torch RNG state of that rank
+  model.safetensors             fp32 weights of the dual encoder, for eval and export (rank 0)
+  model_config.json             the ModelConfig and tap layer that rebuild it
+  train_state.json              epoch, batches done in that epoch, optimizer step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine import collectives
+from engine.config import ConfigError, ModelConfig, _build, config_to_dict
+from engine.model import CLIPDualEncoder
+from engine.nam import NoiseTable
+
+LATEST = "latest"
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model_config.json"
+TRAIN_STATE_FILE = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that cannot be used; the message names it."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
+    os.replace(partial, path)
+
+
+def _rank_state_file(tag_dir: Path, rank: int) -> Path:
+    return tag_dir / f"rank{rank:05d}_state.safetensors"
+
+
+def export_model(model: CLIPDualEncoder, out_dir: Path, model_config: ModelConfig, tap_layer: int) -> None:
+    """fp32 safetensors weights plus the config that rebuilds the model without any pretrained file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save_tensors(out_dir / MODEL_FILE, {k: v.detach().float().cpu() for k, v in model.state_dict().items()})
+    described = config_to_dict(model_config) | {"pretrained": None}
+    _atomic_write_text(out_dir / MODEL_CONFIG_FILE, json.dumps({"model": described, "tap_layer": tap_layer}, indent=1))
+
+
+def save_checkpoint(engine, checkpoint_dir: Path, *, tag: str, train_state: dict, noise_table: NoiseTable, model_config: ModelConfig, tap_layer: int, keep: int) -> Path:
+    """Every rank calls this at the same step; returns the tag folder."""
+    tag_dir = checkpoint_dir / tag
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False)
+    rank = collectives.rank()
+    rank_state = {"noise_scores": noise_table.scores, "torch_rng": torch.get_rng_state()}
+    _atomic_save_tensors(_rank_state_file(tag_dir, rank), rank_state)
+    if rank == 0:
+        export_model(engine.module, tag_dir, model_config, tap_layer)
+        _atomic_write_text(tag_dir / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
+    collectives.barrier()  # `latest` may point here only once every rank's files are complete
+    if rank == 0:
+        _atomic_write_text(checkpoint_dir / LATEST, tag)
+        _prune(checkpoint_dir, keep=keep, current=tag)
+    collectives.barrier()
+    return tag_dir
+
+
+def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:
+    tags = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / TRAIN_STATE_FILE).is_file())
+    for old in [p for p in tags if p.name != current][: max(0, len(tags) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_tag_dir(path: str | Path) -> Path:
+    """A tag folder, a checkpoints folder holding `latest`, or a run folder holding checkpoints/."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints"):
+        latest = candidate / LATEST
+        if latest.is_file():
+            path = candidate / latest.read_text().strip()
+            break
+    if not (path / TRAIN_STATE_FILE).is_file() and not (path / MODEL_FILE).is_file():
+        raise CheckpointError(f"no checkpoint at {path} (expected a tag folder with {MODEL_FILE}, or a folder with a '{LATEST}' file)")
+    return path
+
+
+def load_checkpoint(engine, tag_dir: Path, noise_table: NoiseTable) -> dict:
+    """Restores DeepSpeed state, this rank's noise table and RNG; returns the train state."""
+    loaded_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    if loaded_path is None or client_state is None:
+        raise CheckpointError(f"DeepSpeed could not load the checkpoint at {tag_dir}")
+    train_state = client_state["train_state"]
+    rank_file = _rank_state_file(tag_dir, collectives.rank())
+    if train_state["world_size"] == collectives.world_size() and rank_file.is_file():
+        rank_state = load_file(str(rank_file))
+        noise_table.load_state_dict({"scores": rank_state["noise_scores"]})
+        torch.set_rng_state(rank_state["torch_rng"])
+    elif collectives.rank() == 0:
+        print(
+            f"warning: checkpoint {tag_dir} was written by {train_state['world_size']} ranks, this run has "
+            f"{collectives.world_size()}; noise scores restart from uniform masking for one epoch",
+            flush=True,
+        )
+    return train_state
+
+
+def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
+    """Builds the dual encoder from an exported model folder (or a checkpoint / run folder)."""
+    tag_dir = resolve_tag_dir(path)
+    config_path, weights_path = tag_dir / MODEL_CONFIG_FILE, tag_dir / MODEL_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"checkpoint {tag_dir} lacks {MODEL_CONFIG_FILE} or {MODEL_FILE}")
+    try:
+        described = json.loads(config_path.read_text())
+        model_config = _build(ModelConfig, described["model"], "model")
+        model = CLIPDualEncoder(model_config, tap_layer=int(described["tap_layer"]))
+        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
+    except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError) as error:
+        raise CheckpointError(f"cannot load the model in {tag_dir}: {str(error).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{weights_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model, tag_dir

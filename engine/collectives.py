@@ -1,0 +1,70 @@
+"""The one seam through which training code talks to other ranks.
+
+SDM needs the global batch with gradient (METHOD.md §5): `gather_with_grad` concatenates every
+rank's features in rank order, and its backward sums the gradients of every rank's loss copy into
+the local slice, so that DeepSpeed's gradient averaging gives exactly the single-process gradient of
+the loss on the concatenated batch. On one process every function here is the identity."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (world * B, ...) on every rank, rank-major, differentiable."""
+    if not is_distributed():
+        return tensor
+    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
+
+
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Like gather_with_grad for tensors that need no gradient (pids, caption ids)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sums a few numbers over ranks (counters and losses for logging)."""
+    if not is_distributed():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_communication_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()  # host sync: only at logging points
+
+
+def _communication_device() -> torch.device:
+    """nccl only moves CUDA tensors; gloo moves CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_min_int(value: int) -> int:
+    """The minimum of an integer over ranks, e.g. the number of steps every rank can run."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=_communication_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())  # host sync: once per epoch
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,257 @@
+"""Typed run configuration: dataclasses whose defaults document the method, loaded from YAML plus
+dotted command-line overrides (`train.batch_size=8`). Unknown keys and wrong types fail with the
+field's name. The defaults follow the paper and its reference implementation (METHOD.md §3-§6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message is one line naming the field."""
+
+
+@dataclass
+class ModelConfig:
+    """CLIP ViT-B/16 dual encoder. Defaults are the paper's backbone; tiny test models shrink the widths."""
+
+    image_size: tuple[int, int] = (384, 128)  # (H, W) pixels -> 24x8 = 192 patches at patch 16
+    patch_size: int = 16
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    embed_dim: int = 512  # joint embedding space of both projections
+    context_length: int = 77  # text tokens including SOT and EOT
+    vocab_size: int = 49408  # CLIP BPE; <|mask|> takes id 49405
+    pretrained: str | None = None  # local HF CLIP dir or OpenAI ViT-B-16.pt; None = random init
+
+    def __post_init__(self) -> None:
+        h, w = self.image_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ConfigError(f"model.image_size {list(self.image_size)} must be divisible by model.patch_size {self.patch_size}")
+        for name in ("vision_width", "vision_layers", "vision_heads", "text_width", "text_layers", "text_heads", "embed_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be > 0 (got {getattr(self, name)})")
+        if self.vision_width % self.vision_heads or self.text_width % self.text_heads:
+            raise ConfigError("model.vision_width / text_width must be divisible by the number of heads")
+        if self.context_length < 3:
+            raise ConfigError(f"model.context_length must be >= 3 (got {self.context_length})")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols): 24x8 at 384x128."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation of METHOD.md §6; evaluation only resizes and normalises."""
+
+    hflip_prob: float = 0.5
+    crop_padding: int = 10  # pad each side, then random-crop back to image_size
+    erasing_prob: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    shards: str = "data/luperson_mllm_shards"  # directory holding manifest.json and the .tar shards
+    num_workers: int = 2  # DataLoader workers per rank
+    shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0 (got {self.num_workers})")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"data.shuffle_buffer must be >= 1 (got {self.shuffle_buffer})")
+
+
+@dataclass
+class NamConfig:
+    """Noise-aware masking (METHOD.md §4)."""
+
+    masking: str = "nam"  # nam | em (uniform masking baseline) | none
+    mask_prob: float = 0.15  # p: the mean masking probability over valid tokens
+    tap_layer: int = 10  # layer l (1-based count of blocks) whose tokens are scored
+    clip: bool = True  # clip r' to [0, 1] as the reference implementation does (paper's Eq. 4 does not)
+    kernel: str = "torch"  # token-patch cosine max implementation (the Triton kernel is a later issue)
+
+    def __post_init__(self) -> None:
+        if self.masking not in ("nam", "em", "none"):
+            raise ConfigError(f"nam.masking must be one of nam, em, none (got {self.masking!r})")
+        if not 0.0 <= self.mask_prob <= 1.0:
+            raise ConfigError(f"nam.mask_prob must be in [0, 1] (got {self.mask_prob})")
+        if self.tap_layer < 1:
+            raise ConfigError(f"nam.tap_layer must be >= 1 (got {self.tap_layer})")
+        if self.kernel not in ("torch",):
+            raise ConfigError(f"nam.kernel must be torch (got {self.kernel!r})")
+
+
+@dataclass
+class LossConfig:
+    """SDM loss (METHOD.md §5)."""
+
+    temperature: float = 0.02  # tau; logit scale 1/tau = 50, fixed
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.temperature must be > 0 (got {self.temperature})")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 4e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_fraction: float = 0.05  # share of all optimizer steps spent warming up linearly
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # global gradient norm; 0 disables
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0 (got {self.lr})")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(f"optim.warmup_fraction must be in [0, 1) (got {self.warmup_fraction})")
+        if self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 (got {self.grad_clip})")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/pretrain"  # checkpoints, logs and the exported model go here
+    epochs: int = 30
+    batch_size: int = 64  # per rank and micro-step; global batch = batch_size x ranks x grad_accum
+    grad_accum: int = 1
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0, 1 or 2
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps; 0 = epoch ends only
+    keep_checkpoints: int = 3
+    max_steps: int = 0  # stop (and checkpoint) after this many optimizer steps; 0 = run all epochs
+    log_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "log_every_steps"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(f"train.zero_stage must be 0, 1 or 2 (got {self.zero_stage})")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be one of auto, fp32, bf16, fp16 (got {self.precision!r})")
+        if self.checkpoint_every_steps < 0 or self.max_steps < 0:
+            raise ConfigError("train.checkpoint_every_steps and train.max_steps must be >= 0")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    nam: NamConfig = field(default_factory=NamConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.nam.tap_layer > min(self.model.vision_layers, self.model.text_layers):
+            raise ConfigError(
+                f"nam.tap_layer {self.nam.tap_layer} exceeds the encoders' depth "
+                f"({self.model.vision_layers} vision, {self.model.text_layers} text layers)"
+            )
+
+
+def _coerce(value: object, hint: object, where: str) -> object:
+    """Check `value` against a type hint, converting YAML's lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} must be {hint} (got {value!r})")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of fields (got {value!r})")
+        return _build(hint, value, where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values (got {value!r})")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
+            raise ConfigError(f"{where} must be {hint.__name__} (got {value!r})")
+        return value
+    raise ConfigError(f"{where}: unsupported type {hint}")
+
+
+def _build(cls: type, values: dict, where: str = "") -> object:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: object) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at `path`, then `key.sub=value` overrides (values parsed as YAML)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return _build(Config, tree)
+
+
+def config_to_dict(config: object) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON dumps and checkpoints."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,72 @@
+"""Everything DeepSpeed needs from our config: the process group, the device and the engine config."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import deepspeed
+import torch
+from deepspeed.accelerator import get_accelerator
+
+from engine.config import Config
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device() -> torch.device:
+    return torch.device(get_accelerator().current_device_name())
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` means bf16 on CUDA and fp32 on the CPU."""
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    return precision
+
+
+def deepspeed_config(config: Config, *, total_steps: int, world_size: int) -> dict:
+    """AdamW + warmup-cosine (DeepSpeed's WarmupCosineLR), ZeRO stage, precision and clipping."""
+    train, optim = config.train, config.optim
+    precision = resolve_precision(train.precision)
+    warmup = int(total_steps * optim.warmup_fraction)
+    return {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.batch_size * train.grad_accum * world_size,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            # torch's AdamW: DeepSpeed's fused Adam needs CUDA; the math is the same.
+            "params": {"lr": optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay, "torch_adam": True},
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(total_steps, 1),
+                "warmup_num_steps": warmup,
+                "warmup_min_ratio": 0.0,
+                "warmup_type": "linear",
+                "cos_min_ratio": optim.min_lr_ratio,
+            },
+        },
+        "zero_optimization": {"stage": train.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,  # our own logger reports progress
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,1 @@
+"""Retrieval evaluation on CUHK-PEDES, ICFG-PEDES and RSTPReid: `python -m eval --help`."""
