@@ -175,12 +175,13 @@ def _fit_position_tables(state: dict[str, torch.Tensor], model: CLIPDualEncoder,
 def resample_position_table(
     table: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]
 ) -> torch.Tensor:
-    """(1 + h*w, D) -> (1 + H*W, D): bicubic over the patch grid in float32; the CLS row is kept as is."""
+    """(1 + h*w, D) -> (1 + H*W, D) float32: bicubic over the patch grid; the CLS row is kept as is. The result
+    stays float32 (OpenAI's archive is fp16) and is cast by load_state_dict into the model's dtype."""
     cls, patches = table[:1], table[1:]  # (1, D), (h*w, D)
     grid = patches.float().reshape(1, *source_grid, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
     grid = F.interpolate(grid, size=target_grid, mode="bicubic", align_corners=False)  # (1, D, H, W)
     patches = grid.permute(0, 2, 3, 1).reshape(target_grid[0] * target_grid[1], -1)  # (H*W, D), row-major
-    return torch.cat([cls, patches.to(table.dtype)], dim=0)
+    return torch.cat([cls.float(), patches], dim=0)
 
 
 def _check_keys_and_shapes(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: str) -> None:

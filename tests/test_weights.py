@@ -169,3 +169,15 @@ def test_missing_keys_are_named(tmp_path: Path) -> None:
     CLIPModel(hf_config(layers=1)).save_pretrained(tmp_path / "shallow")
     message = one_line_error(tmp_path / "shallow")
     assert "missing" in message and "encoder.layers.1" in message
+
+
+def test_openai_fp16_weights_load_into_fp32(openai_files: tuple[CLIP, Path, Path], tmp_path: Path) -> None:
+    reference, _, _ = openai_files
+    half = tmp_path / "half.pt"  # OpenAI ships ViT-B-16.pt in fp16
+    torch.save({k: v.half() for k, v in reference.state_dict().items()}, half)
+    model = CLIPDualEncoder(SQUARE, tap_layer=1).eval()
+    load_pretrained(model, str(half))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    images, ids = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), reference.encode_image(images), atol=2e-2, rtol=2e-2)

@@ -1,0 +1,100 @@
+"""The real entry points end to end: synthetic data -> shards -> 2-rank DeepSpeed training -> eval,
+and a run stopped mid-epoch then resumed, which must reach the uninterrupted run's parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data.pack import pack
+from data.synthetic import generate
+from tests.conftest import REPO, SOURCES
+
+pytestmark = [pytest.mark.slow, pytest.mark.multirank]
+DEEPSPEED = Path(sys.executable).with_name("deepspeed")
+TINY = """
+model: {image_size: [64, 32], vision_width: 64, vision_layers: 2, vision_heads: 2, text_width: 64, text_layers: 2,
+        text_heads: 2, embed_dim: 32, context_length: 40}
+nam: {tap_layer: 1}
+data: {shards: SHARDS, num_workers: 0, shuffle_buffer: 64, augment: {crop_padding: 2}}
+optim: {lr: 1.0e-3}
+train: {epochs: 3, batch_size: 8, log_every_steps: 4}
+"""
+BATCHES_PER_EPOCH = 12  # 48 images x 4 captions / 2 ranks / batch 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def train_on_two_ranks(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run([str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "launcher.train", "--config", str(config), f"train.run_dir={run_dir}", *extra])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    generate(root / "synthetic", seed=0, train_images=48, test_identities=8, images_per_test_identity=2, progress=False)
+    raw = root / "synthetic" / "luperson_mllm"
+    pack(raw / "imgs", [raw / f"{s}.json" for s in SOURCES], root / "shards", images_per_shard=12)
+    config = root / "tiny.yaml"
+    config.write_text(TINY.replace("SHARDS", str(root / "shards")))
+    return {"root": root, "config": config, "cuhk": root / "synthetic" / "cuhk_pedes"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(workspace) -> Path:
+    run_dir = workspace["root"] / "uninterrupted"
+    train_on_two_ranks(workspace["config"], run_dir)
+    return run_dir
+
+
+def test_two_ranks_train_with_falling_loss_then_eval(uninterrupted_run: Path, workspace):
+    records = [json.loads(line) for line in (uninterrupted_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records][-1] == 3 * BATCHES_PER_EPOCH
+    by_epoch = [[r["loss"] for r in records if r["epoch"] == e] for e in range(3)]
+    assert sum(by_epoch[2]) / len(by_epoch[2]) < sum(by_epoch[0]) / len(by_epoch[0])
+    assert all(r["unscored_captions"] == 0 for r in records)  # every caption scored in epoch e is found in e+1
+    assert (uninterrupted_run / "final" / "model.safetensors").is_file()
+    assert (uninterrupted_run / "checkpoints" / "latest").read_text() == "epoch0003"
+
+    out = workspace["root"] / "eval.json"
+    result = run([sys.executable, "-m", "eval", "--checkpoint", str(uninterrupted_run), "--dataset", "cuhk-pedes", "--root", str(workspace["cuhk"]), "--out", str(out)])
+    assert "R1" in result.stdout and "mINP" in result.stdout
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) >= {"R1", "R5", "R10", "mAP", "mINP"}
+    assert 0.0 <= metrics["R1"] <= metrics["R5"] <= metrics["R10"] <= 100.0
+    assert json.loads(out.read_text())["stats"] == {"ids": 8, "images": 16, "captions": 32}
+
+
+def test_stopped_and_resumed_run_reaches_the_same_parameters(uninterrupted_run: Path, workspace):
+    run_dir = workspace["root"] / "resumed"
+    stop_at = BATCHES_PER_EPOCH + 4  # mid-epoch 1: optimizer, scheduler, noise table and data position all matter
+    train_on_two_ranks(workspace["config"], run_dir, f"train.max_steps={stop_at}")
+    assert (run_dir / "checkpoints" / "latest").read_text() == f"step{stop_at:08d}"
+    assert not (run_dir / "final").exists()
+    resumed = train_on_two_ranks(workspace["config"], run_dir, "--resume", "latest")
+    assert f"resumed from epoch 1, batch 4, step {stop_at}" in resumed.stdout
+
+    expected = load_file(str(uninterrupted_run / "final" / "model.safetensors"))
+    got = load_file(str(run_dir / "final" / "model.safetensors"))
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
