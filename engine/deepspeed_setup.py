@@ -22,6 +22,10 @@ def init_distributed() -> None:
     """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1."""
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # Ranks sharing a CPU host would each start one thread per core and fight over them.
+        ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
     if torch.cuda.is_available():

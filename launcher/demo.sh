@@ -8,7 +8,7 @@ RUN=runs/demo
 export PYTHONUNBUFFERED=1
 
 echo "== 1/5 synthetic pedestrians (LUPerson-MLLM layout + CUHK-PEDES-layout test set)"
-$PY -m data.synthetic --out "$DATA" --seed 0 --train-images 2400 --test-identities 100 --images-per-test-identity 3
+$PY -m data.synthetic --out "$DATA" --seed 0 --train-images 2400 --test-identities 100 --images-per-test-identity 3 --overwrite --no-progress
 echo "== 2/5 pack into webdataset shards"
 $PY -m data.pack --images "$DATA/luperson_mllm/imgs" --out "$DATA/shards" --images-per-shard 300 \
   --captions "$DATA"/luperson_mllm/{Ts-qwen,Ts-shikra,Td-qwen,Td-shikra}.json

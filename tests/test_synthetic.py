@@ -30,7 +30,7 @@ from data.synthetic import (
     sample_scene,
     upper_garment_box,
 )
-from data.templates import DYNAMIC_TEMPLATES, SLOTS
+from data.synthetic.templates import DYNAMIC_TEMPLATES, SLOTS
 
 SMALL = {"train_images": 40, "test_identities": 8, "images_per_test_identity": 3, "split_identities": 2}
 LARGE = {"train_images": 400, "test_identities": 4, "images_per_test_identity": 1, "split_identities": 1}

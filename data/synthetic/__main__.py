@@ -1,0 +1,7 @@
+"""`python -m data.synthetic`: see data/synthetic/cli.py for the flags."""
+
+import sys
+
+from data.synthetic.cli import main
+
+sys.exit(main())
