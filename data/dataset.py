@@ -84,7 +84,9 @@ class CaptionSampleStream(IterableDataset):
         shuffle_buffer: int,
     ) -> None:
         if len(manifest.shards) < world_size:
-            raise ShardError(f"{manifest.root} has {len(manifest.shards)} shards for {world_size} ranks; pack with fewer images per shard")
+            raise ShardError(
+                f"{manifest.root} has {len(manifest.shards)} shards for {world_size} ranks; pack with fewer images per shard"
+            )
         self.rank_shards = manifest.shards[rank::world_size]
         self.rank = rank
         self.splits = max(1, num_workers)  # num_workers = 0 reads everything in the main process
@@ -99,7 +101,9 @@ class CaptionSampleStream(IterableDataset):
 
     def batches_per_epoch(self, batch_size: int) -> int:
         """Full batches this rank yields per epoch: each worker drops its own last partial batch."""
-        return sum(sum(s.captions for s in self.rank_shards[w :: self.splits]) // batch_size for w in range(self.splits))
+        return sum(
+            sum(s.captions for s in self.rank_shards[w :: self.splits]) // batch_size for w in range(self.splits)
+        )
 
     def __iter__(self):
         info = get_worker_info()
@@ -134,7 +138,13 @@ class CaptionSampleStream(IterableDataset):
                 log.warning("skipping malformed record %s in %s", record.get("__key__"), record.get("__url__"))
                 continue
             for caption in meta["captions"]:
-                yield {"key": record["__key__"], "image_bytes": image_bytes, "text": caption["text"], "pid": meta["pid"], "caption_id": caption["caption_id"]}
+                yield {
+                    "key": record["__key__"],
+                    "image_bytes": image_bytes,
+                    "text": caption["text"],
+                    "pid": meta["pid"],
+                    "caption_id": caption["caption_id"],
+                }
 
     @staticmethod
     def _decode(sample: dict) -> Image.Image | None:

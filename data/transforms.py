@@ -17,7 +17,9 @@ def _to_normalised_tensor() -> list[v2.Transform]:
 
 def eval_transform(image_size: tuple[int, int]) -> v2.Compose:
     """PIL image -> (3, H, W) float32, CLIP-normalised."""
-    return v2.Compose([v2.Resize(list(image_size), interpolation=v2.InterpolationMode.BICUBIC), *_to_normalised_tensor()])
+    return v2.Compose(
+        [v2.Resize(list(image_size), interpolation=v2.InterpolationMode.BICUBIC), *_to_normalised_tensor()]
+    )
 
 
 def train_transform(image_size: tuple[int, int], augment: AugmentConfig) -> v2.Compose:

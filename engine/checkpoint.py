@@ -58,7 +58,17 @@ def export_model(model: CLIPDualEncoder, out_dir: Path, model_config: ModelConfi
     _atomic_write_text(out_dir / MODEL_CONFIG_FILE, json.dumps({"model": described, "tap_layer": tap_layer}, indent=1))
 
 
-def save_checkpoint(engine, checkpoint_dir: Path, *, tag: str, train_state: dict, noise_table: NoiseTable, model_config: ModelConfig, tap_layer: int, keep: int) -> Path:
+def save_checkpoint(
+    engine,
+    checkpoint_dir: Path,
+    *,
+    tag: str,
+    train_state: dict,
+    noise_table: NoiseTable,
+    model_config: ModelConfig,
+    tap_layer: int,
+    keep: int,
+) -> Path:
     """Every rank calls this at the same step; returns the tag folder."""
     tag_dir = checkpoint_dir / tag
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False)
@@ -91,7 +101,9 @@ def resolve_tag_dir(path: str | Path) -> Path:
             path = candidate / latest.read_text().strip()
             break
     if not (path / TRAIN_STATE_FILE).is_file() and not (path / MODEL_FILE).is_file():
-        raise CheckpointError(f"no checkpoint at {path} (expected a tag folder with {MODEL_FILE}, or a folder with a '{LATEST}' file)")
+        raise CheckpointError(
+            f"no checkpoint at {path} (expected a tag folder with {MODEL_FILE}, or a folder with a '{LATEST}' file)"
+        )
     return path
 
 
@@ -129,5 +141,7 @@ def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
     except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError) as error:
         raise CheckpointError(f"cannot load the model in {tag_dir}: {str(error).splitlines()[0]}") from None
     if missing or unexpected:
-        raise CheckpointError(f"{weights_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(
+            f"{weights_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model, tag_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed._functional_collectives as functional_collectives
 
 
 def is_distributed() -> bool:
@@ -28,7 +28,9 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each rank -> (world * B, ...) on every rank, rank-major, differentiable."""
     if not is_distributed():
         return tensor
-    return torch.cat(dist_nn.all_gather(tensor.contiguous()), dim=0)
+    # Autograd-aware all-gather; its backward reduce-scatters (sums) the gradients of every rank's copy.
+    gathered = functional_collectives.all_gather_tensor_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    return functional_collectives.wait_tensor(gathered)
 
 
 def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         h, w = self.image_size
         if h % self.patch_size or w % self.patch_size:
-            raise ConfigError(f"model.image_size {list(self.image_size)} must be divisible by model.patch_size {self.patch_size}")
-        for name in ("vision_width", "vision_layers", "vision_heads", "text_width", "text_layers", "text_heads", "embed_dim"):
+            raise ConfigError(
+                f"model.image_size {list(self.image_size)} must be divisible by model.patch_size {self.patch_size}"
+            )
+        for name in (
+            "vision_width",
+            "vision_layers",
+            "vision_heads",
+            "text_width",
+            "text_layers",
+            "text_heads",
+            "embed_dim",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"model.{name} must be > 0 (got {getattr(self, name)})")
         if self.vision_width % self.vision_heads or self.text_width % self.text_heads:

@@ -21,7 +21,9 @@ def _free_port() -> int:
 def init_distributed() -> None:
     """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1."""
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a CPU host would each start one thread per core and fight over them.
         ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -56,7 +58,12 @@ def deepspeed_config(config: Config, *, total_steps: int, world_size: int) -> di
         "optimizer": {
             "type": "AdamW",
             # torch's AdamW: DeepSpeed's fused Adam needs CUDA; the math is the same.
-            "params": {"lr": optim.lr, "betas": list(optim.betas), "weight_decay": optim.weight_decay, "torch_adam": True},
+            "params": {
+                "lr": optim.lr,
+                "betas": list(optim.betas),
+                "weight_decay": optim.weight_decay,
+                "torch_adam": True,
+            },
         },
         "scheduler": {
             "type": "WarmupCosineLR",

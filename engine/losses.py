@@ -10,7 +10,11 @@ import torch.nn.functional as F
 
 
 def sdm_loss(
-    image_feats: torch.Tensor, text_feats: torch.Tensor, pids: torch.Tensor, temperature: float = 0.02, eps: float = 1e-8
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    pids: torch.Tensor,
+    temperature: float = 0.02,
+    eps: float = 1e-8,
 ) -> torch.Tensor:
     """L = L_i2t + L_t2i with L_i2t = mean_i sum_j p_ij (log p_ij - log(q_ij + eps)).
 
@@ -18,9 +22,13 @@ def sdm_loss(
     L_t2i swaps images and texts. Inputs: image_feats (B, E), text_feats (B, E), pids (B,).
     """
     if image_feats.shape != text_feats.shape or image_feats.dim() != 2:
-        raise ValueError(f"sdm_loss needs image and text features of equal shape (B, E); got {tuple(image_feats.shape)} and {tuple(text_feats.shape)}")
+        raise ValueError(
+            f"sdm_loss needs image and text features of equal shape (B, E); got {tuple(image_feats.shape)} and {tuple(text_feats.shape)}"
+        )
     if pids.shape != image_feats.shape[:1]:
-        raise ValueError(f"sdm_loss needs one pid per row; got pids {tuple(pids.shape)} for {image_feats.shape[0]} rows")
+        raise ValueError(
+            f"sdm_loss needs one pid per row; got pids {tuple(pids.shape)} for {image_feats.shape[0]} rows"
+        )
     image_norm = F.normalize(image_feats.float(), dim=-1)
     text_norm = F.normalize(text_feats.float(), dim=-1)
     logits_i2t = image_norm @ text_norm.t() / temperature  # (B, B)

@@ -38,7 +38,9 @@ def uniform_probabilities(valid: torch.Tensor, p: float) -> torch.Tensor:
     return valid.float() * p
 
 
-def apply_mask(ids: torch.Tensor, probabilities: torch.Tensor, valid: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def apply_mask(
+    ids: torch.Tensor, probabilities: torch.Tensor, valid: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws tokens with `probabilities` and corrupts them BERT-style; at least one per caption.
 
     ids, probabilities, valid: (B, N). Returns (masked ids (B, N), drawn (B, N) bool). A caption with no
@@ -101,7 +103,9 @@ class NoiseTable:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["scores"].shape != self.scores.shape:
-            raise ValueError(f"noise table shape {tuple(state['scores'].shape)} does not match this run's {tuple(self.scores.shape)}")
+            raise ValueError(
+                f"noise table shape {tuple(state['scores'].shape)} does not match this run's {tuple(self.scores.shape)}"
+            )
         self.scores = state["scores"].to(torch.float16)
 
     def _check_ids(self, caption_ids: torch.Tensor) -> None:
@@ -109,4 +113,12 @@ class NoiseTable:
             raise IndexError(f"caption id out of range [0, {self.scores.shape[0]}) in the noise table")
 
 
-__all__ = ["EOT_ID", "SOT_ID", "NoiseTable", "apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]
+__all__ = [
+    "EOT_ID",
+    "SOT_ID",
+    "NoiseTable",
+    "apply_mask",
+    "mask_probabilities",
+    "uniform_probabilities",
+    "valid_token_mask",
+]

@@ -34,7 +34,15 @@ class TrainState:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "world_size": self.world_size}
 
 
-def masked_captions(config: Config, ids: torch.Tensor, caption_ids: torch.Tensor, noise_table: NoiseTable, *, epoch: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def masked_captions(
+    config: Config,
+    ids: torch.Tensor,
+    caption_ids: torch.Tensor,
+    noise_table: NoiseTable,
+    *,
+    epoch: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, int]:
     """T_nam for this step, and how many captions fell back to uniform masking for lack of scores."""
     valid = valid_token_mask(ids)
     if config.nam.masking == "none":
@@ -50,7 +58,9 @@ def masked_captions(config: Config, ids: torch.Tensor, caption_ids: torch.Tensor
     return masked, unscored
 
 
-def train_step(engine, batch: dict, config: Config, noise_table: NoiseTable, *, epoch: int, generator: torch.Generator) -> dict:
+def train_step(
+    engine, batch: dict, config: Config, noise_table: NoiseTable, *, epoch: int, generator: torch.Generator
+) -> dict:
     """NAM-mask the captions, encode, SDM on the global batch, backward and step, then score T_full."""
     ids, caption_ids = batch["ids"], batch["caption_id"]
     masked_ids, unscored = masked_captions(config, ids, caption_ids, noise_table, epoch=epoch, generator=generator)
@@ -108,14 +118,22 @@ def train(config: Config, *, resume: str | None = None) -> Path:
 
     manifest = Manifest.load(config.data.shards)
     stream = CaptionSampleStream(
-        manifest, rank=rank, world_size=world, num_workers=config.data.num_workers, image_size=config.model.image_size,
-        augment=config.data.augment, context_length=config.model.context_length, seed=config.train.seed,
+        manifest,
+        rank=rank,
+        world_size=world,
+        num_workers=config.data.num_workers,
+        image_size=config.model.image_size,
+        augment=config.data.augment,
+        context_length=config.model.context_length,
+        seed=config.train.seed,
         shuffle_buffer=config.data.shuffle_buffer,
     )
     # Every rank must run the same number of steps or the gathers deadlock.
     batches_per_epoch = collectives.all_reduce_min_int(stream.batches_per_epoch(config.train.batch_size))
     if batches_per_epoch == 0:
-        raise ValueError(f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions per epoch")
+        raise ValueError(
+            f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions per epoch"
+        )
     total_steps = batches_per_epoch * config.train.epochs // config.train.grad_accum
 
     model = build_model(config.model, tap_layer=config.nam.tap_layer)
@@ -125,11 +143,15 @@ def train(config: Config, *, resume: str | None = None) -> Path:
 
     state = TrainState(world_size=world)
     if resume:
-        restored = load_checkpoint(engine, resolve_tag_dir(resume if resume != "latest" else checkpoint_dir), noise_table)
+        restored = load_checkpoint(
+            engine, resolve_tag_dir(resume if resume != "latest" else checkpoint_dir), noise_table
+        )
         same_world = restored["world_size"] == world
         state = TrainState(restored["epoch"], restored["batches_done"] if same_world else 0, world)
         if rank == 0:
-            print(f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True)
+            print(
+                f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True
+            )
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
     if rank == 0:
@@ -142,14 +164,30 @@ def train(config: Config, *, resume: str | None = None) -> Path:
 
     def checkpoint(tag: str) -> None:
         save_checkpoint(
-            engine, checkpoint_dir, tag=tag, train_state=state.as_dict(), noise_table=noise_table,
-            model_config=config.model, tap_layer=config.nam.tap_layer, keep=config.train.keep_checkpoints,
+            engine,
+            checkpoint_dir,
+            tag=tag,
+            train_state=state.as_dict(),
+            noise_table=noise_table,
+            model_config=config.model,
+            tap_layer=config.nam.tap_layer,
+            keep=config.train.keep_checkpoints,
         )
 
     try:
         for epoch in range(state.epoch, config.train.epochs):
             stream.set_epoch(epoch)
-            stopped = run_epoch(engine, stream, config, noise_table, state, scheduler=scheduler, batches_per_epoch=batches_per_epoch, log=log, checkpoint=checkpoint)
+            stopped = run_epoch(
+                engine,
+                stream,
+                config,
+                noise_table,
+                state,
+                scheduler=scheduler,
+                batches_per_epoch=batches_per_epoch,
+                log=log,
+                checkpoint=checkpoint,
+            )
             if stopped:
                 return checkpoint_dir
             state.epoch, state.batches_done = epoch + 1, 0
@@ -163,12 +201,30 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         log.close()
 
 
-def run_epoch(engine, stream: CaptionSampleStream, config: Config, noise_table: NoiseTable, state: TrainState, *, scheduler, batches_per_epoch: int, log: MetricsLog, checkpoint) -> bool:
+def run_epoch(
+    engine,
+    stream: CaptionSampleStream,
+    config: Config,
+    noise_table: NoiseTable,
+    state: TrainState,
+    *,
+    scheduler,
+    batches_per_epoch: int,
+    log: MetricsLog,
+    checkpoint,
+) -> bool:
     """Trains the rest of one epoch; returns True when train.max_steps stopped the run."""
     rank = collectives.rank()
     epoch = state.epoch
     loader = make_loader(stream, batch_size=config.train.batch_size, num_workers=config.data.num_workers)
-    progress = tqdm(total=batches_per_epoch, initial=state.batches_done, desc=f"epoch {epoch}", disable=rank != 0 or not sys.stderr.isatty(), mininterval=5.0, leave=False)
+    progress = tqdm(
+        total=batches_per_epoch,
+        initial=state.batches_done,
+        desc=f"epoch {epoch}",
+        disable=rank != 0 or not sys.stderr.isatty(),
+        mininterval=5.0,
+        leave=False,
+    )
     window_loss, window_batches, window_unscored, window_start = 0.0, 0, 0, time.perf_counter()
     for index, batch in enumerate(loader):
         if index >= batches_per_epoch:
@@ -188,9 +244,13 @@ def run_epoch(engine, stream: CaptionSampleStream, config: Config, noise_table: 
             loss_sum, count, unscored = collectives.all_reduce_sum([window_loss, window_batches, window_unscored])
             elapsed = time.perf_counter() - window_start
             record = {
-                "epoch": epoch, "batch": state.batches_done, "step": step, "loss": loss_sum / max(count, 1),
+                "epoch": epoch,
+                "batch": state.batches_done,
+                "step": step,
+                "loss": loss_sum / max(count, 1),
                 "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else scheduler.get_lr()[0],
-                "samples_per_s": count * config.train.batch_size / max(elapsed, 1e-9), "unscored_captions": int(unscored),
+                "samples_per_s": count * config.train.batch_size / max(elapsed, 1e-9),
+                "unscored_captions": int(unscored),
             }
             log.write(record)
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")

@@ -1,7 +1,7 @@
 """Evaluate text-to-image retrieval.
 
-    python -m eval --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
-    python -m eval --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
+python -m eval --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
+python -m eval --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP).")
+    parser = argparse.ArgumentParser(
+        prog="python -m eval", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP)."
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
-    source.add_argument("--config", help="evaluate the model this config builds (its pretrained weights or random init)")
+    source.add_argument(
+        "--config", help="evaluate the model this config builds (its pretrained weights or random init)"
+    )
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark name")
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
     parser.add_argument("--split", default="test")
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     stats = split_stats(split)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
-    image_feats, text_feats = encode_split(model, split, batch_size=args.batch_size, num_workers=args.workers, device=device)
+    image_feats, text_feats = encode_split(
+        model, split, batch_size=args.batch_size, num_workers=args.workers, device=device
+    )
     similarity = text_feats @ image_feats.t()  # (Q, G) cosine
     metrics = retrieval_metrics(similarity.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids))
     seconds = time.perf_counter() - start
@@ -75,7 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(format_table(title, metrics))
     if args.out:
-        result = {"dataset": args.dataset, "split": args.split, "model": described, "stats": stats, "metrics": metrics, "seconds": seconds}
+        result = {
+            "dataset": args.dataset,
+            "split": args.split,
+            "model": described,
+            "stats": stats,
+            "metrics": metrics,
+            "seconds": seconds,
+        }
         args.out.write_text(json.dumps(result, indent=1))
     return 0
 

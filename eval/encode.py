@@ -28,13 +28,25 @@ class _ImageFiles(Dataset):
 
 
 @torch.no_grad()
-def encode_split(model: CLIPDualEncoder, split: RetrievalSplit, *, batch_size: int = 64, num_workers: int = 0, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_split(
+    model: CLIPDualEncoder,
+    split: RetrievalSplit,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (image features (G, E), caption features (Q, E)), both unit-norm float32."""
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     dtype = next(model.parameters()).dtype
-    images = DataLoader(_ImageFiles(split.image_paths, model.cfg.image_size), batch_size=batch_size, num_workers=num_workers)
-    image_feats = [model.encode_image(batch.to(device, dtype)).float() for batch in tqdm(images, desc="images", mininterval=5.0, leave=False)]
+    images = DataLoader(
+        _ImageFiles(split.image_paths, model.cfg.image_size), batch_size=batch_size, num_workers=num_workers
+    )
+    image_feats = [
+        model.encode_image(batch.to(device, dtype)).float()
+        for batch in tqdm(images, desc="images", mininterval=5.0, leave=False)
+    ]
     tokenizer = CLIPTokenizer(model.cfg.context_length)
     text_feats = []
     for start in tqdm(range(0, len(split.captions), batch_size), desc="captions", mininterval=5.0, leave=False):

@@ -11,7 +11,11 @@ IMPLEMENTATIONS = ("torch",)
 
 
 def token_patch_max_cosine(
-    text_tokens: torch.Tensor, image_tokens: torch.Tensor, text_valid: torch.Tensor | None = None, *, impl: str = "torch"
+    text_tokens: torch.Tensor,
+    image_tokens: torch.Tensor,
+    text_valid: torch.Tensor | None = None,
+    *,
+    impl: str = "torch",
 ) -> torch.Tensor:
     """For each text token, the max cosine similarity over the image tokens of the same sample.
 
@@ -19,11 +23,17 @@ def token_patch_max_cosine(
     tokens where text_valid is False get INVALID_TOKEN_VALUE.
     """
     if text_tokens.dim() != 3 or image_tokens.dim() != 3:
-        raise ValueError(f"token_patch_max_cosine needs (B, N, D) and (B, M, D); got {tuple(text_tokens.shape)} and {tuple(image_tokens.shape)}")
+        raise ValueError(
+            f"token_patch_max_cosine needs (B, N, D) and (B, M, D); got {tuple(text_tokens.shape)} and {tuple(image_tokens.shape)}"
+        )
     if text_tokens.shape[0] != image_tokens.shape[0] or text_tokens.shape[2] != image_tokens.shape[2]:
-        raise ValueError(f"token_patch_max_cosine: batch and feature sizes differ: {tuple(text_tokens.shape)} vs {tuple(image_tokens.shape)}")
+        raise ValueError(
+            f"token_patch_max_cosine: batch and feature sizes differ: {tuple(text_tokens.shape)} vs {tuple(image_tokens.shape)}"
+        )
     if text_valid is not None and text_valid.shape != text_tokens.shape[:2]:
-        raise ValueError(f"token_patch_max_cosine: text_valid {tuple(text_valid.shape)} must be {tuple(text_tokens.shape[:2])}")
+        raise ValueError(
+            f"token_patch_max_cosine: text_valid {tuple(text_valid.shape)} must be {tuple(text_tokens.shape[:2])}"
+        )
     if impl == "torch":
         return token_patch_max_cosine_ref(text_tokens, image_tokens, text_valid)
     raise ValueError(f"unknown token_patch_max_cosine implementation {impl!r}; available: {', '.join(IMPLEMENTATIONS)}")

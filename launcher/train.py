@@ -1,7 +1,7 @@
 """Pretraining entry point.
 
-    python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] [--resume latest|PATH]
-    deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds --local_rank)
+python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] [--resume latest|PATH]
+deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds --local_rank)
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, FileNotFo
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m launcher.train", description="Pretrain the CLIP dual encoder with SDM + NAM.")
+    parser = argparse.ArgumentParser(
+        prog="python -m launcher.train", description="Pretrain the CLIP dual encoder with SDM + NAM."
+    )
     parser.add_argument("--config", required=True, help="YAML file in configs/ (only what differs from the defaults)")
     parser.add_argument("--resume", default=None, help="'latest' (this run's newest checkpoint) or a checkpoint folder")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher

@@ -18,7 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_model_config(**changes) -> ModelConfig:
     """Width 64, 2 layers, 32x32 images (2x2 patches): fast enough for every unit test."""
-    values = dict(image_size=(32, 32), vision_width=64, vision_layers=2, vision_heads=2, text_width=64, text_layers=2, text_heads=2, embed_dim=32, context_length=16)
+    values = dict(
+        image_size=(32, 32),
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=32,
+        context_length=16,
+    )
     return ModelConfig(**(values | changes))
 
 
@@ -33,7 +43,9 @@ def write_caption_set(root: Path, *, images: int = 48, dirty_every: int = 10, se
         Image.new("RGB", (32, 64), COLOURS[colour]).save(root / "imgs" / name)
         captions["Ts-qwen"][name] = f"a person in a {colour} shirt"
         captions["Ts-shikra"][name] = f"the man wears {colour} clothes"
-        captions["Td-qwen"][name] = "a [clothing description] person" if index % dirty_every == 0 else f"a {colour} coat"
+        captions["Td-qwen"][name] = (
+            "a [clothing description] person" if index % dirty_every == 0 else f"a {colour} coat"
+        )
         captions["Td-shikra"][name] = f"someone dressed in {colour}"
     for source, mapping in captions.items():
         (root / f"{source}.json").write_text(json.dumps(mapping))

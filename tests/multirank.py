@@ -17,7 +17,9 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, function, args: tuple, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         results[rank] = ("ok", function(rank, world, *args))
@@ -33,7 +35,9 @@ def run_on_ranks(world: int, function, *args) -> list:
     context = mp.get_context("spawn")
     with context.Manager() as manager:
         results = manager.dict()
-        mp.start_processes(_worker, args=(world, _free_port(), function, args, results), nprocs=world, join=True, start_method="spawn")
+        mp.start_processes(
+            _worker, args=(world, _free_port(), function, args, results), nprocs=world, join=True, start_method="spawn"
+        )
         collected = [results[rank] for rank in range(world)]
     errors = [payload for status, payload in collected if status == "error"]
     if errors:

@@ -9,8 +9,15 @@ from engine.config import AugmentConfig
 
 def stream(shards: Path, *, rank: int = 0, world: int = 1, workers: int = 0, epoch: int = 0) -> CaptionSampleStream:
     result = CaptionSampleStream(
-        Manifest.load(shards), rank=rank, world_size=world, num_workers=workers, image_size=(32, 16),
-        augment=AugmentConfig(), context_length=16, seed=0, shuffle_buffer=64,
+        Manifest.load(shards),
+        rank=rank,
+        world_size=world,
+        num_workers=workers,
+        image_size=(32, 16),
+        augment=AugmentConfig(),
+        context_length=16,
+        seed=0,
+        shuffle_buffer=64,
     )
     result.set_epoch(epoch)
     return result
@@ -34,7 +41,11 @@ def test_batches_per_epoch_is_exact(packed_shards: Path, workers: int):
 
 
 def test_ranks_split_the_captions_and_keep_them_across_epochs(packed_shards: Path):
-    seen = [set(caption_ids_seen(stream(packed_shards, rank=r, world=2, epoch=e), workers=0, batch=1)) for e in (0, 1) for r in (0, 1)]
+    seen = [
+        set(caption_ids_seen(stream(packed_shards, rank=r, world=2, epoch=e), workers=0, batch=1))
+        for e in (0, 1)
+        for r in (0, 1)
+    ]
     rank0_epoch0, rank1_epoch0, rank0_epoch1, rank1_epoch1 = seen
     assert rank0_epoch0.isdisjoint(rank1_epoch0) and rank0_epoch0 | rank1_epoch0 == set(range(192))
     assert rank0_epoch0 == rank0_epoch1 and rank1_epoch0 == rank1_epoch1  # the per-rank noise table stays valid

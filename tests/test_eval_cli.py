@@ -16,7 +16,9 @@ from tests.conftest import tiny_model_config
 def cuhk_root(tmp_path: Path) -> Path:
     from data.synthetic import generate
 
-    generate(tmp_path / "synthetic", seed=1, train_images=4, test_identities=6, images_per_test_identity=2, progress=False)
+    generate(
+        tmp_path / "synthetic", seed=1, train_images=4, test_identities=6, images_per_test_identity=2, progress=False
+    )
     return tmp_path / "synthetic" / "cuhk_pedes"
 
 
@@ -39,7 +41,12 @@ def test_exported_model_round_trips(exported: Path):
 
 def test_eval_prints_the_table_and_writes_json(exported: Path, cuhk_root: Path, tmp_path: Path, capsys):
     out = tmp_path / "result.json"
-    assert eval_main(["--checkpoint", str(exported), "--dataset", "cuhk-pedes", "--root", str(cuhk_root), "--out", str(out)]) == 0
+    assert (
+        eval_main(
+            ["--checkpoint", str(exported), "--dataset", "cuhk-pedes", "--root", str(cuhk_root), "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "CUHK-PEDES test: 6 ids, 12 images, 24 captions" in printed
     assert printed.splitlines()[-2].split() == ["R1", "R5", "R10", "mAP", "mINP"]
@@ -51,7 +58,9 @@ def test_eval_prints_the_table_and_writes_json(exported: Path, cuhk_root: Path, 
 
 def test_eval_of_an_untrained_config(cuhk_root: Path, tmp_path: Path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("model: {image_size: [64, 32], vision_width: 64, vision_layers: 2, vision_heads: 2, text_width: 64, text_layers: 2, text_heads: 2, embed_dim: 32, context_length: 48}\nnam: {tap_layer: 1}\n")
+    config.write_text(
+        "model: {image_size: [64, 32], vision_width: 64, vision_layers: 2, vision_heads: 2, text_width: 64, text_layers: 2, text_heads: 2, embed_dim: 32, context_length: 48}\nnam: {tap_layer: 1}\n"
+    )
     assert eval_main(["--config", str(config), "--dataset", "cuhk-pedes", "--root", str(cuhk_root)]) == 0
     assert "untrained model of" in capsys.readouterr().out
 

@@ -53,7 +53,12 @@ def test_images_without_captions_and_captions_without_images_are_counted(tmp_pat
 def test_bad_inputs_give_one_line_errors(tmp_path: Path, capsys):
     root = write_caption_set(tmp_path / "raw", images=4)
     (root / "Td-shikra.json").write_text("{not json")
-    assert pack_main(["--images", str(root / "imgs"), "--captions", *map(str, caption_files(root)), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        pack_main(
+            ["--images", str(root / "imgs"), "--captions", *map(str, caption_files(root)), "--out", str(tmp_path / "o")]
+        )
+        == 2
+    )
     assert "Td-shikra.json is not UTF-8 JSON" in capsys.readouterr().err
     (root / "Td-shikra.json").write_text("{}")
     with pytest.raises(CaptionError, match="Td-shikra.json holds no captions"):

@@ -8,7 +8,10 @@ def brute_force(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     out = torch.empty(text.shape[:2])
     for b in range(text.shape[0]):
         for i in range(text.shape[1]):
-            out[b, i] = max(float(torch.nn.functional.cosine_similarity(text[b, i], image[b, j], dim=0)) for j in range(image.shape[1]))
+            out[b, i] = max(
+                float(torch.nn.functional.cosine_similarity(text[b, i], image[b, j], dim=0))
+                for j in range(image.shape[1])
+            )
     return out
 
 
@@ -39,7 +42,12 @@ def test_bf16_inputs_give_fp32_output_close_to_fp32():
 
 @pytest.mark.parametrize(
     ("text_shape", "image_shape", "valid_shape", "message"),
-    [((2, 3), (2, 4, 8), None, r"needs \(B, N, D\)"), ((2, 3, 8), (3, 4, 8), None, "batch and feature sizes differ"), ((2, 3, 8), (2, 4, 7), None, "batch and feature sizes differ"), ((2, 3, 8), (2, 4, 8), (2, 4), "text_valid")],
+    [
+        ((2, 3), (2, 4, 8), None, r"needs \(B, N, D\)"),
+        ((2, 3, 8), (3, 4, 8), None, "batch and feature sizes differ"),
+        ((2, 3, 8), (2, 4, 7), None, "batch and feature sizes differ"),
+        ((2, 3, 8), (2, 4, 8), (2, 4), "text_valid"),
+    ],
 )
 def test_bad_shapes_are_named(text_shape, image_shape, valid_shape, message):
     valid = torch.ones(valid_shape, dtype=torch.bool) if valid_shape else None
