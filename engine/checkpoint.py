@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine import collectives
@@ -138,7 +139,7 @@ def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
         model_config = _build(ModelConfig, described["model"], "model")
         model = CLIPDualEncoder(model_config, tap_layer=int(described["tap_layer"]))
         missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-    except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError) as error:
+    except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError, SafetensorError) as error:
         raise CheckpointError(f"cannot load the model in {tag_dir}: {str(error).splitlines()[0]}") from None
     if missing or unexpected:
         raise CheckpointError(

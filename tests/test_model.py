@@ -6,22 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ConfigError, ModelConfig
+from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
 from engine.tokenizer import EOT_ID, CLIPTokenizer
+from tests.conftest import tiny_model_config
 
-TINY = ModelConfig(
-    image_size=(64, 32),  # grid 4x2 -> M = 8 patches
-    patch_size=16,
-    vision_width=64,
-    vision_layers=2,
-    vision_heads=2,
-    text_width=64,
-    text_layers=2,
-    text_heads=4,
-    embed_dim=32,
-    context_length=16,
-)
+TINY = tiny_model_config(image_size=(64, 32), text_heads=4)  # grid 4x2 -> M = 8 patches
 B, N, E = 3, TINY.context_length, TINY.embed_dim
 M = TINY.grid[0] * TINY.grid[1]
 

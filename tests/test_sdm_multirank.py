@@ -31,7 +31,7 @@ def loss_and_grads(image_tower, text_tower, images, texts, pids) -> tuple[float,
     )
     loss.backward()
     grads = [p.grad for p in [*image_tower.parameters(), *text_tower.parameters()]]
-    return float(loss), grads
+    return float(loss.detach()), grads
 
 
 def one_rank_of_many(rank: int, world: int):

@@ -10,23 +10,14 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from transformers import CLIPConfig, CLIPModel
 
-from engine.config import ConfigError, ModelConfig
+from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
 from engine.weights import TEXT_POSITIONS, VISION_POSITIONS, WeightsError, load_pretrained, resample_position_table
+from tests.conftest import tiny_model_config
 
 CONTEXT = 16
-SQUARE = ModelConfig(
-    image_size=(32, 32),  # 2x2 grid, the "pretraining" resolution of these tiny checkpoints
-    patch_size=16,
-    vision_width=64,
-    vision_layers=2,
-    vision_heads=2,
-    text_width=64,
-    text_layers=2,
-    text_heads=4,
-    embed_dim=32,
-    context_length=CONTEXT,
-)
+# 2x2 grid, the "pretraining" resolution of these tiny checkpoints
+SQUARE = tiny_model_config(text_heads=4, context_length=CONTEXT)
 RECTANGLE = dataclasses.replace(SQUARE, image_size=(64, 32))  # 4x2 grid, like 384x128 against 224x224
 CAPTIONS = ["a man in a black jacket", "a woman with a red bag and white shoes"]
 
