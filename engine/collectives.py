@@ -29,7 +29,7 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return tensor
     # Autograd-aware all-gather; its backward reduce-scatters (sums) the gradients of every rank's copy.
-    gathered = functional_collectives.all_gather_tensor_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    gathered = functional_collectives.all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
     return functional_collectives.wait_tensor(gathered)
 
 

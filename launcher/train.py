@@ -7,6 +7,7 @@ deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds -
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from data.captions import CaptionError
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    print(f"done: model in {final}", flush=True)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: model in {final}", flush=True)
     return 0
 
 

@@ -139,3 +139,46 @@ def test_zero_stage_2_matches_stage_0(uninterrupted_run: Path, workspace):
     for name in [n for n in expected if not n.endswith("k_proj.bias")]:
         relative = float((got[name] - expected[name]).norm() / expected[name].norm().clamp(min=1e-12))
         assert relative < 1e-4, f"{name}: relative difference {relative:.2e}"
+
+
+def test_single_process_without_the_launcher_in_bf16(workspace):
+    run_dir = workspace["root"] / "bf16"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.train",
+            "--config",
+            str(workspace["config"]),
+            f"train.run_dir={run_dir}",
+            "train.precision=bf16",
+            "train.max_steps=3",
+        ]
+    )
+    assert "1 rank(s)" in result.stdout and "precision=bf16" in result.stdout
+    weights = load_file(str(run_dir / "checkpoints" / "step00000003" / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values())  # exported in fp32 whatever the training precision
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.shards=/nowhere/shards", "no manifest.json in shard folder /nowhere/shards"),
+        ("model.pretrained=/nowhere/ViT-B-16.pt", "/nowhere/ViT-B-16.pt"),
+    ],
+)
+def test_bad_paths_stop_with_one_line(workspace, override: str, message: str):
+    command = [
+        sys.executable,
+        "-m",
+        "launcher.train",
+        "--config",
+        str(workspace["config"]),
+        f"train.run_dir={workspace['root'] / 'bad'}",
+        override,
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
