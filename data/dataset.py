@@ -1,8 +1,8 @@
 """Stream training samples from webdataset shards: one sample per caption (the reference choice).
 
-Shards are split statically by rank (shards[rank::world]) and then by DataLoader worker, so that a
-rank sees the same captions every epoch, in an order shuffled deterministically from
-(seed, epoch, rank, worker). Every sample is (image tensor, token ids, pid, global caption id)."""
+Each epoch the shard list is shuffled from (seed, epoch) and dealt to the ranks (shards[rank::world]),
+then to the DataLoader workers, so a caption meets a different rank from epoch to epoch (the sharded
+noise table follows it). Everything is deterministic from (seed, epoch, rank, worker). Every sample is (image tensor, token ids, pid, global caption id)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,15 @@ class Manifest:
     num_images: int
     caption_id_space: int  # caption ids lie in [0, caption_id_space)
     shards: list[ShardInfo]
+
+    @property
+    def first_pids(self) -> list[int]:
+        """pid of each shard's first image: packing numbers images consecutively across shards."""
+        starts, total = [], 0
+        for shard in self.shards:
+            starts.append(total)
+            total += shard.images
+        return starts
 
     @classmethod
     def load(cls, root: str | Path) -> Manifest:
@@ -87,8 +96,8 @@ class CaptionSampleStream(IterableDataset):
             raise ShardError(
                 f"{manifest.root} has {len(manifest.shards)} shards for {world_size} ranks; pack with fewer images per shard"
             )
-        self.rank_shards = manifest.shards[rank::world_size]
-        self.rank = rank
+        self.manifest = manifest
+        self.rank, self.world_size = rank, world_size
         self.splits = max(1, num_workers)  # num_workers = 0 reads everything in the main process
         self.transform = train_transform(image_size, augment)
         self.tokenizer = CLIPTokenizer(context_length)
@@ -99,16 +108,37 @@ class CaptionSampleStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def batches_per_epoch(self, batch_size: int) -> int:
-        """Full batches this rank yields per epoch: each worker drops its own last partial batch."""
-        return sum(
-            sum(s.captions for s in self.rank_shards[w :: self.splits]) // batch_size for w in range(self.splits)
-        )
+    def shard_indices(self, epoch: int, rank: int) -> list[int]:
+        """Indices into manifest.shards that `rank` reads in `epoch`."""
+        order = list(range(len(self.manifest.shards)))
+        random.Random(_seed(self.seed, epoch, -1)).shuffle(order)
+        return order[rank :: self.world_size]
+
+    def batches_per_epoch(self, batch_size: int, epoch: int) -> int:
+        """Full batches every rank can run in `epoch` (the minimum over ranks, computed alike on each rank);
+        each DataLoader worker drops its own last partial batch."""
+
+        def rank_batches(rank: int) -> int:
+            shards = self.shard_indices(epoch, rank)
+            per_worker = [shards[w :: self.splits] for w in range(self.splits)]
+            return sum(sum(self.manifest.shards[i].captions for i in part) // batch_size for part in per_worker)
+
+        return min(rank_batches(rank) for rank in range(self.world_size))
+
+    def caption_ids(self, epoch: int) -> torch.Tensor:
+        """Every caption id this rank may read in `epoch` (pid * num_sources + source index)."""
+        sources = len(self.manifest.sources)
+        first_pids = self.manifest.first_pids
+        ranges = [
+            torch.arange(first_pids[i] * sources, (first_pids[i] + self.manifest.shards[i].images) * sources)
+            for i in self.shard_indices(epoch, self.rank)
+        ]
+        return torch.cat(ranges) if ranges else torch.empty(0, dtype=torch.long)
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        shards = list(self.rank_shards[worker :: self.splits])
+        shards = [self.manifest.shards[i] for i in self.shard_indices(self.epoch, self.rank)[worker :: self.splits]]
         order = random.Random(_seed(self.seed, self.epoch, self.rank, worker))
         order.shuffle(shards)
         # Augmentations draw from torch's global generator; seed it so a rerun sees the same samples.

@@ -3,7 +3,7 @@ atomically through the `latest` file only once every rank has finished writing.
 
 Layout of RUN_DIR/checkpoints/<tag>/:
   DeepSpeed's model and optimizer states (written by engine.save_checkpoint)
-  rank00000_state.safetensors   noise table scores and torch RNG state of that rank
+  rank00000_state.safetensors   that rank's part of the noise table and its torch RNG state
   model.safetensors             fp32 weights of the dual encoder, for eval and export (rank 0)
   model_config.json             the ModelConfig and tap layer that rebuild it
   train_state.json              epoch, batches done in that epoch, optimizer step
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from engine import collectives
 from engine.config import ConfigError, ModelConfig, _build, config_to_dict
 from engine.model import CLIPDualEncoder
-from engine.nam import NoiseTable
+from engine.noise_table import ShardedNoiseTable
 
 LATEST = "latest"
 MODEL_FILE = "model.safetensors"
@@ -65,7 +65,7 @@ def save_checkpoint(
     *,
     tag: str,
     train_state: dict,
-    noise_table: NoiseTable,
+    noise_table: ShardedNoiseTable,
     model_config: ModelConfig,
     tap_layer: int,
     keep: int,
@@ -74,7 +74,9 @@ def save_checkpoint(
     tag_dir = checkpoint_dir / tag
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False)
     rank = collectives.rank()
-    rank_state = {"noise_scores": noise_table.scores, "torch_rng": torch.get_rng_state()}
+    rank_state = {f"noise_table.{k}": v for k, v in noise_table.state_dict().items()} | {
+        "torch_rng": torch.get_rng_state()
+    }
     _atomic_save_tensors(_rank_state_file(tag_dir, rank), rank_state)
     if rank == 0:
         export_model(engine.module, tag_dir, model_config, tap_layer)
@@ -108,21 +110,38 @@ def resolve_tag_dir(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(engine, tag_dir: Path, noise_table: NoiseTable) -> dict:
-    """Restores DeepSpeed state, this rank's noise table and RNG; returns the train state."""
+def _noise_table_part(rank_file: Path) -> dict[str, torch.Tensor]:
+    prefix = "noise_table."
+    return {k[len(prefix) :]: v for k, v in load_file(str(rank_file)).items() if k.startswith(prefix)}
+
+
+def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> dict:
+    """Restores DeepSpeed state, the noise table and this rank's RNG; returns the train state.
+
+    On the world size that wrote it, every rank gets its own part back, mid-epoch state included. On
+    another world size each rank takes the rows it now owns from every old rank's file; the caller then
+    restarts the interrupted epoch and refreshes what the ranks read in it."""
     loaded_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     if loaded_path is None or client_state is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint at {tag_dir}")
     train_state = client_state["train_state"]
-    rank_file = _rank_state_file(tag_dir, collectives.rank())
-    if train_state["world_size"] == collectives.world_size() and rank_file.is_file():
-        rank_state = load_file(str(rank_file))
-        noise_table.load_state_dict({"scores": rank_state["noise_scores"]})
-        torch.set_rng_state(rank_state["torch_rng"])
-    elif collectives.rank() == 0:
+    if train_state["world_size"] == collectives.world_size():
+        rank_file = _rank_state_file(tag_dir, collectives.rank())
+        if not rank_file.is_file():
+            raise CheckpointError(f"checkpoint {tag_dir} lacks {rank_file.name}")
+        noise_table.load_state_dict(_noise_table_part(rank_file))
+        torch.set_rng_state(load_file(str(rank_file))["torch_rng"])
+        return train_state
+    old_files = [_rank_state_file(tag_dir, r) for r in range(train_state["world_size"])]
+    missing = [f.name for f in old_files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"checkpoint {tag_dir} lacks {missing[0]} (written by {train_state['world_size']} ranks)")
+    noise_table.load_owned_from([_noise_table_part(f) for f in old_files])
+    if collectives.rank() == 0:
         print(
-            f"warning: checkpoint {tag_dir} was written by {train_state['world_size']} ranks, this run has "
-            f"{collectives.world_size()}; noise scores restart from uniform masking for one epoch",
+            f"note: checkpoint {tag_dir} was written by {train_state['world_size']} ranks, this run has "
+            f"{collectives.world_size()}: the noise table is re-sharded and epoch {train_state['epoch']} restarts "
+            "from its first batch in a new order",
             flush=True,
         )
     return train_state

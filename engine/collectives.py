@@ -58,15 +58,25 @@ def _communication_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_min_int(value: int) -> int:
-    """The minimum of an integer over ranks, e.g. the number of steps every rank can run."""
-    if not is_distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.long, device=_communication_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())  # host sync: once per epoch
-
-
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def exchange_rows(outgoing: list[torch.Tensor]) -> list[torch.Tensor]:
+    """All-to-all of variable-length row blocks: outgoing[r] goes to rank r; returns what each rank sent here.
+
+    Every block has the same trailing shape and dtype (e.g. (k, N) uint8 or (k,) int64). Two collectives:
+    the row counts first, then the rows themselves in one all_to_all_single.
+    """
+    if not is_distributed():
+        return [outgoing[0]]
+    device = _communication_device()
+    send_counts = torch.tensor([len(block) for block in outgoing], dtype=torch.long, device=device)
+    receive_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(receive_counts, send_counts)
+    sizes_out, sizes_in = send_counts.tolist(), receive_counts.tolist()  # host sync: once per exchange
+    send = torch.cat(outgoing).to(device).contiguous()
+    receive = send.new_empty((sum(sizes_in), *send.shape[1:]))
+    dist.all_to_all_single(receive, send, output_split_sizes=sizes_in, input_split_sizes=sizes_out)
+    return list(receive.cpu().split(sizes_in))

@@ -93,7 +93,7 @@ class NamConfig:
     mask_prob: float = 0.15  # p: the mean masking probability over valid tokens
     tap_layer: int = 10  # layer l (1-based count of blocks) whose tokens are scored
     clip: bool = True  # clip r' to [0, 1] as the reference implementation does (paper's Eq. 4 does not)
-    kernel: str = "torch"  # token-patch cosine max implementation (the Triton kernel is a later issue)
+    kernel: str = "auto"  # token-patch cosine max: auto (Triton on CUDA, else PyTorch) | triton | torch
 
     def __post_init__(self) -> None:
         if self.masking not in ("nam", "em", "none"):
@@ -102,8 +102,8 @@ class NamConfig:
             raise ConfigError(f"nam.mask_prob must be in [0, 1] (got {self.mask_prob})")
         if self.tap_layer < 1:
             raise ConfigError(f"nam.tap_layer must be >= 1 (got {self.tap_layer})")
-        if self.kernel not in ("torch",):
-            raise ConfigError(f"nam.kernel must be torch (got {self.kernel!r})")
+        if self.kernel not in ("auto", "triton", "torch"):
+            raise ConfigError(f"nam.kernel must be one of auto, triton, torch (got {self.kernel!r})")
 
 
 @dataclass

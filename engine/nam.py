@@ -1,13 +1,13 @@
 """Noise-aware masking (NAM) and its uniform baseline (EM), METHOD.md §4.
 
 Per caption: tokens whose layer-l embedding matches no image patch well are likely noise and get a
-higher masking probability. Scores from epoch e drive the masks of epoch e+1 (`NoiseTable`)."""
+higher masking probability. Scores from epoch e drive the masks of epoch e+1 (engine/noise_table.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID
+from engine.tokenizer import MASK_ID
 
 MASK_REPLACE_SHARE = 0.8  # of drawn tokens become <|mask|>
 RANDOM_REPLACE_SHARE = 0.1  # become a random ordinary token; the rest stay unchanged (BERT-style)
@@ -67,58 +67,4 @@ def apply_mask(
     return masked, drawn
 
 
-class NoiseTable:
-    """Per-caption, per-token noise r from the caption's last scoring, in one process.
-
-    Storage: float16 (num_captions, N), NaN where never scored: 2 * N bytes per caption
-    (154 B at N = 77). This simple table serves one rank; it is correct while each rank keeps
-    seeing the same captions every epoch, which the shard-per-rank split of the data path
-    guarantees. The sharded table exchanged between ranks is a later issue.
-    """
-
-    def __init__(self, num_captions: int, context_length: int) -> None:
-        self.scores = torch.full((num_captions, context_length), float("nan"), dtype=torch.float16)
-
-    @property
-    def bytes_per_caption(self) -> int:
-        return self.scores.shape[1] * self.scores.element_size()
-
-    def record(self, caption_ids: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor) -> None:
-        """Stores noise (B, N) of the valid tokens of captions `caption_ids` (B,)."""
-        self._check_ids(caption_ids)
-        rows = noise.detach().to("cpu", torch.float16).masked_fill(~valid.cpu(), float("nan"))
-        self.scores[caption_ids.cpu()] = rows
-
-    def lookup(self, caption_ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) ids, (B, N) valid -> (noise (B, N) float32 with 0 where unknown, known (B,) bool).
-
-        A caption is known when every valid token has a score."""
-        self._check_ids(caption_ids)
-        rows = self.scores[caption_ids.cpu()].float().to(valid.device)  # (B, N)
-        known = ~(torch.isnan(rows) & valid).any(dim=1)
-        return torch.nan_to_num(rows, nan=0.0), known
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"scores": self.scores}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["scores"].shape != self.scores.shape:
-            raise ValueError(
-                f"noise table shape {tuple(state['scores'].shape)} does not match this run's {tuple(self.scores.shape)}"
-            )
-        self.scores = state["scores"].to(torch.float16)
-
-    def _check_ids(self, caption_ids: torch.Tensor) -> None:
-        if caption_ids.numel() and (int(caption_ids.min()) < 0 or int(caption_ids.max()) >= self.scores.shape[0]):
-            raise IndexError(f"caption id out of range [0, {self.scores.shape[0]}) in the noise table")
-
-
-__all__ = [
-    "EOT_ID",
-    "SOT_ID",
-    "NoiseTable",
-    "apply_mask",
-    "mask_probabilities",
-    "uniform_probabilities",
-    "valid_token_mask",
-]
+__all__ = ["apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]

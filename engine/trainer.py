@@ -20,7 +20,8 @@ from engine.config import Config, config_to_dict
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
 from engine.losses import sdm_loss
 from engine.model import build_model
-from engine.nam import NoiseTable, apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.noise_table import ShardedNoiseTable
 from kernels import token_patch_max_cosine
 
 
@@ -38,7 +39,7 @@ def masked_captions(
     config: Config,
     ids: torch.Tensor,
     caption_ids: torch.Tensor,
-    noise_table: NoiseTable,
+    noise_table: ShardedNoiseTable,
     *,
     epoch: int,
     generator: torch.Generator,
@@ -59,7 +60,7 @@ def masked_captions(
 
 
 def train_step(
-    engine, batch: dict, config: Config, noise_table: NoiseTable, *, epoch: int, generator: torch.Generator
+    engine, batch: dict, config: Config, noise_table: ShardedNoiseTable, *, epoch: int, generator: torch.Generator
 ) -> dict:
     """NAM-mask the captions, encode, SDM on the global batch, backward and step, then score T_full."""
     ids, caption_ids = batch["ids"], batch["caption_id"]
@@ -128,37 +129,27 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         seed=config.train.seed,
         shuffle_buffer=config.data.shuffle_buffer,
     )
-    # Every rank must run the same number of steps or the gathers deadlock.
-    batches_per_epoch = collectives.all_reduce_min_int(stream.batches_per_epoch(config.train.batch_size))
-    if batches_per_epoch == 0:
-        raise ValueError(
-            f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions per epoch"
-        )
-    total_steps = batches_per_epoch * config.train.epochs // config.train.grad_accum
+    # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
+    epoch_batches = [stream.batches_per_epoch(config.train.batch_size, e) for e in range(config.train.epochs)]
+    if min(epoch_batches) == 0:
+        raise ValueError(f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions")
+    total_steps = sum(epoch_batches) // config.train.grad_accum
 
     model = build_model(config.model, tap_layer=config.nam.tap_layer)
     ds_config = deepspeed_config(config, total_steps=total_steps, world_size=world)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-    noise_table = NoiseTable(manifest.caption_id_space, config.model.context_length)
-
+    noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
     state = TrainState(world_size=world)
     if resume:
-        restored = load_checkpoint(
-            engine, resolve_tag_dir(resume if resume != "latest" else checkpoint_dir), noise_table
-        )
-        same_world = restored["world_size"] == world
-        state = TrainState(restored["epoch"], restored["batches_done"] if same_world else 0, world)
-        if rank == 0:
-            print(
-                f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True
-            )
+        state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream)
 
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
     if rank == 0:
+        precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
         print(
-            f"training: {world} rank(s), {batches_per_epoch} batches/epoch of {config.train.batch_size} per rank "
-            f"(global batch {config.train.batch_size * world * config.train.grad_accum}), {total_steps} optimizer steps, "
-            f"masking={config.nam.masking}, precision={'bf16' if ds_config['bf16']['enabled'] else 'fp16' if ds_config['fp16']['enabled'] else 'fp32'}",
+            f"training: {world} rank(s), {epoch_batches[0]} batches/epoch of {config.train.batch_size} per rank "
+            f"(global batch {config.train.batch_size * world * config.train.grad_accum}), {total_steps} optimizer "
+            f"steps, masking={config.nam.masking}, precision={precision}",
             flush=True,
         )
 
@@ -184,12 +175,16 @@ def train(config: Config, *, resume: str | None = None) -> Path:
                 noise_table,
                 state,
                 scheduler=scheduler,
-                batches_per_epoch=batches_per_epoch,
+                batches_per_epoch=epoch_batches[epoch],
                 log=log,
                 checkpoint=checkpoint,
             )
             if stopped:
                 return checkpoint_dir
+            if config.nam.masking == "nam" and epoch + 1 < config.train.epochs:
+                started = time.perf_counter()
+                noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
+                log.write({"epoch": epoch, "noise_exchange_s": time.perf_counter() - started})
             state.epoch, state.batches_done = epoch + 1, 0
             checkpoint(f"epoch{epoch + 1:04d}")
         final_dir = run_dir / "final"
@@ -201,11 +196,24 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         log.close()
 
 
+def restore(engine, path: str | Path, noise_table: ShardedNoiseTable, stream: CaptionSampleStream) -> TrainState:
+    """Loads a checkpoint; on another world size the interrupted epoch restarts and the table is re-read."""
+    restored = load_checkpoint(engine, resolve_tag_dir(path), noise_table)
+    world = collectives.world_size()
+    same_world = restored["world_size"] == world
+    state = TrainState(restored["epoch"], restored["batches_done"] if same_world else 0, world)
+    if not same_world:
+        noise_table.refresh(stream.caption_ids(state.epoch))
+    if collectives.rank() == 0:
+        print(f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True)
+    return state
+
+
 def run_epoch(
     engine,
     stream: CaptionSampleStream,
     config: Config,
-    noise_table: NoiseTable,
+    noise_table: ShardedNoiseTable,
     state: TrainState,
     *,
     scheduler,

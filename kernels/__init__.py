@@ -1,5 +1,11 @@
-"""Fused operations of the method. Each op has a PyTorch reference (`<op>_ref.py`); the implementation
-is chosen explicitly by the caller (config `nam.kernel`), never by swapping symbols at import time."""
+"""Fused operations of the method. Each op has a PyTorch reference (`<op>_ref.py`) and a Triton kernel (`<op>.py`);
+the implementation is chosen explicitly by the caller (config `nam.kernel`), never by swapping symbols at import time.
+
+Naming note: `kernels.token_patch_max_cosine` is the dispatching function defined below, which replaces the
+package attribute that importing the submodule of the same name sets. The submodule is therefore imported here,
+first, and is reached as `sys.modules["kernels.token_patch_max_cosine"]` or `from kernels.token_patch_max_cosine
+import ...`; a lazy import later would overwrite the function with the module.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,26 @@ import torch
 
 from kernels.token_patch_max_cosine_ref import INVALID_TOKEN_VALUE, token_patch_max_cosine_ref
 
-IMPLEMENTATIONS = ("torch",)
+try:  # importing triton needs no GPU; only an install without the triton package lands in the except
+    from kernels.token_patch_max_cosine import token_patch_max_cosine_triton
+except ModuleNotFoundError as error:
+    if error.name is None or not error.name.startswith("triton"):
+        raise
+    token_patch_max_cosine_triton = None
+    _TRITON_MISSING = f"impl='triton' needs the triton package ({error}); use impl='auto' or 'torch'"
+
+IMPLEMENTATIONS = ("auto", "triton", "torch")  # auto: triton for CUDA tensors, torch otherwise
+
+
+def choose_implementation(impl: str, device: torch.device) -> str:
+    """Resolve `impl` to "triton" or "torch" for tensors on `device`; "auto" takes Triton only on CUDA."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"unknown token_patch_max_cosine implementation {impl!r}; available: {', '.join(IMPLEMENTATIONS)}"
+        )
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    return impl
 
 
 def token_patch_max_cosine(
@@ -15,12 +40,13 @@ def token_patch_max_cosine(
     image_tokens: torch.Tensor,
     text_valid: torch.Tensor | None = None,
     *,
-    impl: str = "torch",
+    impl: str = "auto",
 ) -> torch.Tensor:
     """For each text token, the max cosine similarity over the image tokens of the same sample.
 
     text_tokens (B, N, D), image_tokens (B, M, D), text_valid (B, N) bool -> (B, N) float32;
-    tokens where text_valid is False get INVALID_TOKEN_VALUE.
+    tokens where text_valid is False get INVALID_TOKEN_VALUE. impl: auto | triton | torch (see IMPLEMENTATIONS);
+    impl="triton" on CPU tensors runs only under Triton's interpreter (TRITON_INTERPRET=1).
     """
     if text_tokens.dim() != 3 or image_tokens.dim() != 3:
         raise ValueError(
@@ -34,9 +60,18 @@ def token_patch_max_cosine(
         raise ValueError(
             f"token_patch_max_cosine: text_valid {tuple(text_valid.shape)} must be {tuple(text_tokens.shape[:2])}"
         )
-    if impl == "torch":
-        return token_patch_max_cosine_ref(text_tokens, image_tokens, text_valid)
-    raise ValueError(f"unknown token_patch_max_cosine implementation {impl!r}; available: {', '.join(IMPLEMENTATIONS)}")
+    if choose_implementation(impl, text_tokens.device) == "triton":
+        if token_patch_max_cosine_triton is None:
+            raise ValueError(_TRITON_MISSING)
+        return token_patch_max_cosine_triton(text_tokens, image_tokens, text_valid)
+    return token_patch_max_cosine_ref(text_tokens, image_tokens, text_valid)
 
 
-__all__ = ["INVALID_TOKEN_VALUE", "IMPLEMENTATIONS", "token_patch_max_cosine", "token_patch_max_cosine_ref"]
+__all__ = [
+    "INVALID_TOKEN_VALUE",
+    "IMPLEMENTATIONS",
+    "choose_implementation",
+    "token_patch_max_cosine",
+    "token_patch_max_cosine_ref",
+    "token_patch_max_cosine_triton",
+]

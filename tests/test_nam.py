@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from engine.nam import NoiseTable, apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 
 
@@ -78,21 +78,3 @@ def test_masking_is_deterministic_given_the_generator():
     again = apply_mask(ids, uniform_probabilities(valid, 0.5), valid, torch.Generator().manual_seed(7))[0]
     other = apply_mask(ids, uniform_probabilities(valid, 0.5), valid, torch.Generator().manual_seed(8))[0]
     assert torch.equal(first, again) and not torch.equal(first, other)
-
-
-def test_noise_table_keeps_the_last_scoring_per_caption():
-    table = NoiseTable(num_captions=10, context_length=4)
-    assert table.bytes_per_caption == 8
-    valid = torch.tensor([[False, True, True, False], [False, True, False, False]])
-    table.record(torch.tensor([3, 7]), torch.tensor([[0.9, 0.25, 0.5, 0.9], [0.0, 0.75, 0.0, 0.0]]), valid)
-    table.record(torch.tensor([7]), torch.tensor([[0.0, 0.5, 0.0, 0.0]]), valid[1:])
-    noise, known = table.lookup(torch.tensor([3, 7, 0]), torch.cat([valid, valid[:1]]))
-    torch.testing.assert_close(noise, torch.tensor([[0, 0.25, 0.5, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]]))
-    assert known.tolist() == [True, True, False]
-    restored = NoiseTable(10, 4)
-    restored.load_state_dict(table.state_dict())
-    assert torch.equal(restored.scores.isnan(), table.scores.isnan())
-    with pytest.raises(ValueError, match="does not match"):
-        NoiseTable(11, 4).load_state_dict(table.state_dict())
-    with pytest.raises(IndexError, match="out of range"):
-        table.lookup(torch.tensor([10]), valid[:1])

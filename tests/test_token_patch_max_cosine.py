@@ -1,7 +1,17 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from kernels import INVALID_TOKEN_VALUE, token_patch_max_cosine
+import kernels
+from engine.config import ConfigError, NamConfig
+from kernels import INVALID_TOKEN_VALUE, choose_implementation, token_patch_max_cosine, token_patch_max_cosine_ref
+from kernels.token_patch_max_cosine import BLOCK_D, BLOCK_M, BLOCK_N_MAX, token_patch_max_cosine_triton
+from tests.conftest import REPO
+
+# The submodule itself: `kernels.token_patch_max_cosine` names the dispatching function (see kernels/__init__.py).
+triton_module = sys.modules["kernels.token_patch_max_cosine"]
 
 
 def brute_force(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -58,3 +68,200 @@ def test_bad_shapes_are_named(text_shape, image_shape, valid_shape, message):
 def test_unknown_implementation_is_refused():
     with pytest.raises(ValueError, match="unknown token_patch_max_cosine implementation 'cuda'"):
         token_patch_max_cosine(torch.randn(1, 2, 4), torch.randn(1, 3, 4), impl="cuda")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Triton kernel against the reference. Without a GPU this runs the kernel itself through Triton's interpreter
+# (tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported), so nothing here is skipped.
+# ---------------------------------------------------------------------------------------------------------------
+
+# Absolute tolerance on cosines, per input dtype, against the reference on the same inputs: fp32 covers summation
+# order; the 16-bit slack is what rounding the inputs themselves costs against fp32 (checked below as well), so the
+# kernel is allowed no more error than choosing the dtype already brings.
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+SHAPES = [  # (batch, N, M, D)
+    (2, 77, 192, 512),  # the real shapes: CLIP context 77, 192 patches of a 384x128 ViT-B/16 image, 512-d joint space
+    (1, 77, 192, 512),  # a batch of one
+    (2, BLOCK_N_MAX, BLOCK_M, BLOCK_D),  # exactly one block each way
+    (2, BLOCK_N_MAX + 1, BLOCK_M + 1, BLOCK_D + 1),  # one past each block: 1-row, 1-column and 1-feature tails
+    (2, BLOCK_N_MAX - 1, BLOCK_M - 1, BLOCK_D - 1),  # one short of each block
+    (2, 16, 2 * BLOCK_M, 100),  # the small-N tile (16 rows) exactly full; D not a multiple of BLOCK_D
+    (2, 17, 3, 3 * BLOCK_D + 7),  # one past the small-N tile; several D blocks with a tail
+    (3, 1, 1, 1),  # one token each way, one feature
+]
+
+
+def correlated_tokens(batch: int, n: int, m: int, d: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text tokens near (or opposite to) some image token, so maxima spread over [-1, 1], not around 0.1."""
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, m, d, generator=generator) * torch.rand(batch, m, 1, generator=generator).add(0.5)
+    source = torch.randint(0, m, (batch, n), generator=generator)
+    sign = torch.where(torch.rand(batch, n, 1, generator=generator) < 0.2, -1.0, 1.0)
+    noise = torch.rand(batch, n, 1, generator=generator) * 2.0
+    text = sign * torch.gather(image, 1, source[..., None].expand(-1, -1, d)) + noise * torch.randn(
+        batch, n, d, generator=generator
+    )
+    return text, image
+
+
+def random_valid(batch: int, n: int, *, seed: int) -> torch.Tensor:
+    return torch.rand(batch, n, generator=torch.Generator().manual_seed(seed)) > 0.25
+
+
+def assert_matches(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, what: str) -> None:
+    """assert_close, plus the (b, i) of the largest error and both values there."""
+
+    def message(default: str) -> str:
+        error = (actual - expected).abs().nan_to_num(nan=float("inf"))
+        b, i = divmod(int(error.argmax()), error.shape[1])
+        return f"{what}: largest error at (b={b}, i={i}): triton {actual[b, i].item()!r} vs reference {expected[b, i].item()!r}\n{default}"
+
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=atol, msg=message)
+
+
+def run_triton(text, image, valid=None) -> torch.Tensor:
+    return token_patch_max_cosine(text, image, valid, impl="triton")
+
+
+@pytest.mark.parametrize(("batch", "n", "m", "d"), SHAPES, ids=lambda v: str(v))
+def test_triton_matches_reference_at_real_and_block_boundary_shapes(batch: int, n: int, m: int, d: int):
+    text, image = correlated_tokens(batch, n, m, d, seed=n + m + d)
+    valid = random_valid(batch, n, seed=batch)
+    out = run_triton(text, image, valid)
+    assert out.shape == (batch, n) and out.dtype == torch.float32
+    expected = token_patch_max_cosine_ref(text, image, valid)
+    assert_matches(out, expected, atol=TOLERANCE[torch.float32], what=f"shape {(batch, n, m, d)}")
+    assert_matches(run_triton(text, image), token_patch_max_cosine_ref(text, image), atol=1e-5, what="no mask")
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
+def test_triton_each_dtype_within_its_tolerance(dtype: torch.dtype):
+    text, image = correlated_tokens(2, 77, 192, 512, seed=7)
+    valid = random_valid(2, 77, seed=7)
+    low_text, low_image = text.to(dtype), image.to(dtype)
+    out = run_triton(low_text, low_image, valid)
+    assert out.dtype == torch.float32
+    tolerance = TOLERANCE[dtype]
+    assert_matches(out, token_patch_max_cosine_ref(low_text, low_image, valid), atol=tolerance, what=f"{dtype}")
+    assert_matches(out, token_patch_max_cosine_ref(text, image, valid), atol=tolerance, what=f"{dtype} vs fp32 inputs")
+
+
+def test_triton_all_padding_row_and_invalid_tokens_get_the_defined_value():
+    text, image = correlated_tokens(3, 77, 192, 64, seed=3)
+    valid = random_valid(3, 77, seed=3)
+    valid[1] = False  # a caption that is all padding
+    out = run_triton(text, image, valid)
+    assert (out[~valid] == INVALID_TOKEN_VALUE).all()
+    assert_matches(out, token_patch_max_cosine_ref(text, image, valid), atol=1e-5, what="all-padding row")
+
+
+def test_triton_negative_maxima_are_not_lifted_by_padded_columns():
+    """Every cosine is about -1; padded image columns of the last M block must not win with a 0."""
+    generator = torch.Generator().manual_seed(5)
+    direction = torch.randn(1, 1, 40, generator=generator)
+    image = direction.expand(2, BLOCK_M + 1, 40) * torch.rand(2, BLOCK_M + 1, 1, generator=generator).add(0.5)
+    text = -direction.expand(2, 5, 40) + 0.01 * torch.randn(2, 5, 40, generator=generator)
+    out = run_triton(text, image)
+    assert (out < -0.99).all(), out
+    assert_matches(out, token_patch_max_cosine_ref(text, image), atol=1e-5, what="negative maxima")
+
+
+def test_triton_zero_vectors_score_zero_like_f_normalize():
+    text, image = correlated_tokens(1, 4, 6, 32, seed=4)
+    text[0, 1] = 0.0
+    image[0, 2] = 0.0
+    out = run_triton(text, image)
+    assert out[0, 1] == 0.0
+    assert_matches(out, token_patch_max_cosine_ref(text, image), atol=1e-5, what="zero vectors")
+
+
+def test_triton_reads_strided_views_and_copies_other_layouts():
+    text, image = correlated_tokens(2, 78, 193, 96, seed=6)
+    valid = random_valid(2, 2 * 77, seed=6)
+    cases = {
+        "sliced (CLS dropped; unit-stride features, read in place)": (text[:, 1:], image[:, 1:], valid[:, ::2]),
+        "transposed feature dim (copied once)": (
+            text[:, 1:].transpose(1, 2).contiguous().transpose(1, 2),
+            image[:, 1:].transpose(1, 2).contiguous().transpose(1, 2),
+            valid[:, ::2],
+        ),
+    }
+    for what, (t, i, v) in cases.items():
+        assert not t.is_contiguous() and not i.is_contiguous() and not v.is_contiguous()
+        assert_matches(run_triton(t, i, v), token_patch_max_cosine_ref(t, i, v), atol=1e-5, what=what)
+
+
+@pytest.mark.parametrize(("batch", "n"), [(0, 77), (2, 0)])
+def test_triton_empty_batch_or_caption_gives_an_empty_result(batch: int, n: int):
+    out = run_triton(torch.randn(batch, n, 8), torch.randn(batch, 3, 8))
+    assert out.shape == (batch, n) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("text", "image", "valid", "message"),
+    [
+        (torch.randn(1, 2, 4).double(), torch.randn(1, 3, 4).double(), None, "text_tokens must be float32, float16"),
+        (torch.randn(1, 2, 4), torch.randint(0, 3, (1, 3, 4)), None, "image_tokens must be float32, float16"),
+        (torch.randn(1, 2, 4), torch.randn(1, 3, 4).half(), None, "image_tokens dtype torch.float16 must match"),
+        (torch.randn(1, 2, 4), torch.randn(1, 0, 4), None, r"image_tokens has no tokens \(M = 0\)"),
+        (torch.randn(1, 2, 4), torch.randn(1, 3, 4, device="meta"), None, "image_tokens is on meta"),
+        (torch.randn(1, 2, 4), torch.randn(1, 3, 4), torch.ones(1, 2, dtype=torch.int64), "text_valid must be a bool"),
+        (torch.randn(1, 2, 4), torch.randn(1, 3, 4), torch.ones(1, 3, dtype=torch.bool), "text_valid must be a bool"),
+        (torch.randn(2, 4), torch.randn(1, 3, 4), None, r"text_tokens must be a 3-d tensor"),
+        (torch.randn(1, 2, 4), torch.randn(2, 3, 4), None, "batch and feature sizes differ"),
+    ],
+)
+def test_triton_launcher_names_the_bad_argument(text, image, valid, message):
+    with pytest.raises(ValueError, match=message):
+        token_patch_max_cosine_triton(text, image, valid)
+
+
+def test_triton_on_cpu_without_the_interpreter_says_what_it_needs(monkeypatch):
+    monkeypatch.setattr(triton_module, "_is_interpreted", lambda: False)
+    with pytest.raises(ValueError, match=r"impl='triton' needs CUDA tensors \(got cpu\) or Triton's interpreter"):
+        run_triton(torch.randn(1, 2, 4), torch.randn(1, 3, 4))
+
+
+def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
+    assert choose_implementation("auto", torch.device("cpu")) == "torch"
+    assert choose_implementation("auto", torch.device("cuda", 0)) == "triton"
+    assert choose_implementation("triton", torch.device("cpu")) == "triton"  # explicit choices are kept
+
+    def refuse(*args):
+        raise AssertionError("auto on CPU must not reach the Triton launcher")
+
+    monkeypatch.setattr(kernels, "token_patch_max_cosine_triton", refuse)
+    text, image = correlated_tokens(2, 5, 7, 16, seed=8)
+    assert torch.equal(token_patch_max_cosine(text, image, impl="auto"), token_patch_max_cosine_ref(text, image))
+
+
+def test_config_selects_the_implementation_explicitly():
+    assert NamConfig().kernel == "auto"
+    assert {NamConfig(kernel=k).kernel for k in ("auto", "triton", "torch")} == {"auto", "triton", "torch"}
+    with pytest.raises(ConfigError, match="nam.kernel must be one of auto, triton, torch"):
+        NamConfig(kernel="cuda")
+
+
+def test_kernels_import_and_run_the_reference_without_the_triton_package():
+    """An install without triton still imports kernels and runs auto/torch; impl='triton' says what is missing."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail as if it were not installed
+        "import torch, kernels\n"
+        "text, image = torch.randn(1, 3, 8), torch.randn(1, 4, 8)\n"
+        "assert kernels.token_patch_max_cosine(text, image, impl='auto').shape == (1, 3)\n"
+        "try:\n"
+        "    kernels.token_patch_max_cosine(text, image, impl='triton')\n"
+        "except ValueError as error:\n"
+        "    assert 'needs the triton package' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('impl=triton without triton did not fail')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
+def test_the_package_name_stays_the_function_after_the_kernel_module_is_used():
+    import kernels.token_patch_max_cosine  # noqa: F401  (re-import: must not rebind the package attribute)
+
+    assert callable(kernels.token_patch_max_cosine) and kernels.token_patch_max_cosine is token_patch_max_cosine
+    assert isinstance(triton_module.token_patch_max_cosine_triton, type(token_patch_max_cosine))

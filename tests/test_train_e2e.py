@@ -81,11 +81,15 @@ def uninterrupted_run(workspace) -> Path:
 
 
 def test_two_ranks_train_with_falling_loss_then_eval(uninterrupted_run: Path, workspace):
-    records = [json.loads(line) for line in (uninterrupted_run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (uninterrupted_run / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in lines if "step" in r]
+    exchanges = [r for r in lines if "noise_exchange_s" in r]
+    assert [r["epoch"] for r in exchanges] == [0, 1]  # the noise table is exchanged between epochs
     assert [r["step"] for r in records][-1] == 3 * BATCHES_PER_EPOCH
     by_epoch = [[r["loss"] for r in records if r["epoch"] == e] for e in range(3)]
     assert sum(by_epoch[2]) / len(by_epoch[2]) < sum(by_epoch[0]) / len(by_epoch[0])
-    assert all(r["unscored_captions"] == 0 for r in records)  # every caption scored in epoch e is found in e+1
+    # Shards move between ranks every epoch; every caption scored in epoch e is still found in e+1.
+    assert all(r["unscored_captions"] == 0 for r in records)
     assert (uninterrupted_run / "final" / "model.safetensors").is_file()
     assert (uninterrupted_run / "checkpoints" / "latest").read_text() == "epoch0003"
 
