@@ -1,1 +1,1 @@
-"""GPU benchmarks, one per kernel, named after it: `python -m benchmarks.benchmark_<op>`."""
+"""GPU benchmarks, each runnable as `python -m benchmarks.benchmark_<name>`; a kernel's benchmark takes its name."""

@@ -72,40 +72,41 @@ class ShardedNoiseTable:
 
     def end_epoch(self, next_caption_ids: torch.Tensor) -> None:
         """Collective. New scores travel to their owners; this rank fetches what it reads next epoch."""
-        ids = torch.cat(self.pending_ids) if self.pending_ids else torch.empty(0, dtype=torch.long)
-        codes = (
-            torch.cat(self.pending_codes)
-            if self.pending_codes
-            else torch.empty(0, self.context_length, dtype=torch.uint8)
-        )
+        ids, codes = self._pending()
         self.pending_ids, self.pending_codes = [], []
-        owners = ids % self.world
-        received_ids = collectives.exchange_rows([ids[owners == r] for r in range(self.world)])
-        received_codes = collectives.exchange_rows([codes[owners == r] for r in range(self.world)])
-        for block_ids, block_codes in zip(received_ids, received_codes, strict=True):
-            self.owned[block_ids // self.world] = block_codes
+        # One message per owner: each row is the caption id's 8 bytes followed by its N codes.
+        rows = torch.cat([ids.view(torch.uint8).view(-1, 8), codes], dim=1)  # (P, 8 + N)
+        order, counts = self._group_by_owner(ids)
+        received = torch.cat(collectives.exchange_rows(list(rows[order].split(counts))))
+        received_ids = received[:, :8].contiguous().view(torch.long).view(-1)
+        self.owned[received_ids // self.world] = received[:, 8:]
         self.refresh(next_caption_ids)
 
     def refresh(self, caption_ids: torch.Tensor) -> None:
         """Collective. Fetches from their owners the scores of `caption_ids` that this rank does not own."""
-        wanted = torch.unique(caption_ids.detach().cpu().long())  # sorted
+        wanted = torch.sort(caption_ids.detach().cpu().long()).values
         wanted = wanted[wanted % self.world != self.rank]
-        owners = wanted % self.world
-        requests = collectives.exchange_rows([wanted[owners == r] for r in range(self.world)])
+        order, counts = self._group_by_owner(wanted)
+        requests = collectives.exchange_rows(list(wanted[order].split(counts)))
         answers = collectives.exchange_rows([self.owned[asked // self.world] for asked in requests])
-        # Answers come back grouped by owner; sort once so lookups can binary-search.
-        ids = torch.cat([wanted[owners == r] for r in range(self.world)])
-        order = torch.argsort(ids)
-        self.readable_ids, self.readable_codes = ids[order], torch.cat(answers)[order]
+        codes = torch.empty(len(wanted), self.context_length, dtype=torch.uint8)
+        codes[order] = torch.cat(answers)  # back to ascending id order, so lookups can binary-search
+        self.readable_ids, self.readable_codes = wanted, codes
+
+    def _group_by_owner(self, ids: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """A stable permutation that groups ids by owning rank, and the group sizes."""
+        owners = ids % self.world
+        order = torch.argsort(owners, stable=True)
+        return order, torch.bincount(owners, minlength=self.world).tolist()
+
+    def _pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.pending_ids:
+            return torch.empty(0, dtype=torch.long), torch.empty(0, self.context_length, dtype=torch.uint8)
+        return torch.cat(self.pending_ids), torch.cat(self.pending_codes)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This rank's part: what it owns, what it reads this epoch and what it scored so far in it."""
-        pending_ids = torch.cat(self.pending_ids) if self.pending_ids else torch.empty(0, dtype=torch.long)
-        pending_codes = (
-            torch.cat(self.pending_codes)
-            if self.pending_codes
-            else torch.empty(0, self.context_length, dtype=torch.uint8)
-        )
+        pending_ids, pending_codes = self._pending()
         return {
             "owned": self.owned,
             "readable_ids": self.readable_ids,

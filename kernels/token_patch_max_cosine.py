@@ -60,6 +60,7 @@ def _token_patch_max_cosine_kernel(
     which equals max_j <F.normalize(t_i), F.normalize(v_j)>. Out[b, i] = s[b, i] where Valid[b, i], else
     INVALID_VALUE. Dot products and squared norms accumulate in fp32 whatever the input dtype. The loop runs over
     M in BLOCK_M steps and, inside, over D in BLOCK_D steps; only the running max (BLOCK_N,) survives a step.
+    DOT_PRECISION is "ieee" for fp32 operands; UPCAST_DOT (bf16 under the interpreter only) feeds tl.dot fp32.
     """
     pid_n = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)  # int64: B * N * D can pass 2**31 elements at large batches

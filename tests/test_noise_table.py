@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.noise_table import LEVELS, NOISE_RANGE, UNSCORED, ShardedNoiseTable, dequantise, quantise
-from tests.multirank import run_on_ranks
+from engine.local_ranks import run_on_ranks
 
 SPACE, TOKENS, EPOCHS = 60, 6, 4
 

@@ -5,7 +5,7 @@ import torch
 
 from engine import collectives
 from engine.losses import sdm_loss
-from tests.multirank import run_on_ranks
+from engine.local_ranks import run_on_ranks
 
 GLOBAL_BATCH, IN_DIM, EMBED = 8, 6, 5
 

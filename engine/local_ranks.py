@@ -1,4 +1,4 @@
-"""Run a function on N real gloo processes (torch.multiprocessing) and collect what each returns."""
+"""Run a function on N real gloo processes on this host (tests and benchmarks) and collect what each returns."""
 
 from __future__ import annotations
 
