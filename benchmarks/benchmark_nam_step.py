@@ -86,9 +86,9 @@ class StepRunner:
     probabilities: torch.Tensor  # (B, N) for the next step
 
     @classmethod
-    def build(cls, masking: str, cfg: ModelConfig, batch_size: int) -> StepRunner:
+    def build(cls, masking: str, *, cfg: ModelConfig, batch_size: int, tap_layer: int) -> StepRunner:
         torch.manual_seed(SEED)
-        model = CLIPDualEncoder(cfg, tap_layer=TAP_LAYER).train()
+        model = CLIPDualEncoder(cfg, tap_layer=tap_layer).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=4e-5)
         generator = torch.Generator().manual_seed(SEED)
         batch = random_batch(cfg, batch_size, generator)
@@ -108,10 +108,12 @@ class StepRunner:
         return time.perf_counter() - start
 
 
-def time_steps(*, cfg: ModelConfig, batch_size: int, steps: int) -> dict[str, list[float]]:
+def time_steps(*, cfg: ModelConfig, batch_size: int, steps: int, tap_layer: int = TAP_LAYER) -> dict[str, list[float]]:
     """Seconds per step after the warmup, per mode. The modes alternate step by step (EM first on even steps),
     so that other load on a shared machine slows both alike."""
-    runners = [StepRunner.build(masking, cfg, batch_size) for masking in ("em", "nam")]
+    runners = [
+        StepRunner.build(masking, cfg=cfg, batch_size=batch_size, tap_layer=tap_layer) for masking in ("em", "nam")
+    ]
     seconds: dict[str, list[float]] = {runner.masking: [] for runner in runners}
     for step in range(WARMUP_STEPS + steps):
         for runner in runners if step % 2 == 0 else runners[::-1]:
