@@ -186,3 +186,28 @@ def test_bad_paths_stop_with_one_line(workspace, override: str, message: str):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_resume_on_another_world_size_reshards_the_noise_table(uninterrupted_run: Path, workspace):
+    """A 2-rank checkpoint resumed by 1 process: the table's rows move to the new owner and the epoch
+    restarts; every caption still finds the scores of the previous epoch."""
+    run_dir = workspace["root"] / "one_rank"
+    checkpoint = uninterrupted_run / "checkpoints" / "epoch0002"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.train",
+            "--config",
+            str(workspace["config"]),
+            f"train.run_dir={run_dir}",
+            "--resume",
+            str(checkpoint),
+        ]
+    )
+    assert "written by 2 ranks, this run has 1: the noise table is re-sharded" in result.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step" in r]
+    assert steps and all(r["epoch"] == 2 for r in steps)
+    assert all(r["unscored_captions"] == 0 for r in steps)
+    assert (run_dir / "final" / "model.safetensors").is_file()
