@@ -41,7 +41,8 @@ class CaptionSet:
     dirty_unreplaceable: list[tuple[str, str]] = field(default_factory=list)  # no static caption to use
 
 
-def _read_caption_file(path: Path) -> dict[str, str]:
+def read_caption_file(path: Path) -> dict[str, str]:
+    """image file name -> caption; empty captions are left out (the packer counts what is missing)."""
     if not path.is_file():
         raise CaptionError(f"caption file not found: {path}")
     try:
@@ -62,7 +63,7 @@ def load_captions(paths: list[str | Path]) -> CaptionSet:
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise CaptionError(f"caption files must have distinct names, got {names}")
-    per_source = [_read_caption_file(s.path) for s in sources]
+    per_source = [read_caption_file(s.path) for s in sources]
     images = sorted(set().union(*per_source))
     captions = {image: [texts.get(image) for texts in per_source] for image in images}
     caption_set = CaptionSet(sources=sources, captions=captions)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.captions import DIRTY_CAPTION
+from data.captions import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.transforms import eval_transform
 from engine.checkpoint import CheckpointError, load_exported_model
@@ -142,15 +142,10 @@ def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
 
 
 def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise NoiseAurocError(f"caption file not found: {path}")
     try:
-        captions = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise NoiseAurocError(f"{path} is not UTF-8 JSON: {error}") from None
-    if not isinstance(captions, dict):
-        raise NoiseAurocError(f"{path} must map image names to captions")
-    return captions
+        return read_caption_file(path)
+    except CaptionError as error:
+        raise NoiseAurocError(str(error)) from None
 
 
 def _read_noise_records(path: Path) -> dict[tuple[str, str], list[dict]]:

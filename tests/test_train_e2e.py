@@ -44,6 +44,11 @@ def run(command: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
+def train_in_one_process(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The entry point without the deepspeed launcher: rank 0 of 1."""
+    return run([sys.executable, "-m", "launcher.train", "--config", str(config), f"train.run_dir={run_dir}", *extra])
+
+
 def train_on_two_ranks(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     return run(
         [
@@ -147,18 +152,7 @@ def test_zero_stage_2_matches_stage_0(uninterrupted_run: Path, workspace):
 
 def test_single_process_without_the_launcher_in_bf16(workspace):
     run_dir = workspace["root"] / "bf16"
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "launcher.train",
-            "--config",
-            str(workspace["config"]),
-            f"train.run_dir={run_dir}",
-            "train.precision=bf16",
-            "train.max_steps=3",
-        ]
-    )
+    result = train_in_one_process(workspace["config"], run_dir, "train.precision=bf16", "train.max_steps=3")
     assert "1 rank(s)" in result.stdout and "precision=bf16" in result.stdout
     weights = load_file(str(run_dir / "checkpoints" / "step00000003" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values())  # exported in fp32 whatever the training precision
@@ -193,18 +187,7 @@ def test_resume_on_another_world_size_reshards_the_noise_table(uninterrupted_run
     restarts; every caption still finds the scores of the previous epoch."""
     run_dir = workspace["root"] / "one_rank"
     checkpoint = uninterrupted_run / "checkpoints" / "epoch0002"
-    result = run(
-        [
-            sys.executable,
-            "-m",
-            "launcher.train",
-            "--config",
-            str(workspace["config"]),
-            f"train.run_dir={run_dir}",
-            "--resume",
-            str(checkpoint),
-        ]
-    )
+    result = train_in_one_process(workspace["config"], run_dir, "--resume", str(checkpoint))
     assert "written by 2 ranks, this run has 1: the noise table is re-sharded" in result.stdout
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "step" in r]
