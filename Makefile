@@ -15,6 +15,7 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 test: venv
+	bash .ci/install-chromium.sh  # headless Chromium renders the eval HTML page in a test (apt, as root)
 	$(PY) -m pytest -q
 
 demo: venv

@@ -1,13 +1,15 @@
-"""Evaluate text-to-image retrieval.
+"""Evaluate text-to-image retrieval, or count a benchmark's splits.
 
 python -m eval --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
+    [--out results.json] [--save-rankings rankings.json [--top-k 10]] [--html DIR [--html-queries 20]]
 python -m eval --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
+python -m eval stats --dataset cuhk-pedes --root DIR [--skip-missing]   # ids/images/captions per split
+python -m eval export --checkpoint PATH --out DIR   # a transformers CLIP folder (eval/export.py)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,79 +19,112 @@ import torch
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import build_model
-from eval.benchmarks import DATASETS, BenchmarkError, load_split, split_stats
+from eval import export, report
+from eval.benchmarks import DATASETS, BenchmarkError, load_split
 from eval.encode import encode_split
-from eval.metrics import retrieval_metrics
+from eval.html import write_html
+from eval.metrics import retrieval_metrics_from_features
 
-METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m eval", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP)."
+        prog="python -m eval",
+        description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP).",
+        epilog="python -m eval stats --dataset NAME --root DIR [--skip-missing] counts every split instead.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
     source.add_argument(
         "--config", help="evaluate the model this config builds (its pretrained weights or random init)"
     )
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark name")
-    parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
+    add_dataset_args(parser)
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="image loading workers")
-    parser.add_argument("--out", type=Path, help="also write the metrics as JSON here")
+    parser.add_argument("--out", type=Path, help="also write metrics, stats, model provenance and timings as JSON")
+    parser.add_argument("--save-rankings", type=Path, help="write each query's top-k gallery indices (JSON)")
+    parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
+    parser.add_argument("--html", type=Path, help="write DIR/index.html: sampled queries and their top 10 images")
+    parser.add_argument("--html-queries", type=int, default=20, help="queries shown in --html")
     parser.add_argument("overrides", nargs="*", help="config overrides with --config, e.g. model.pretrained=PATH")
     return parser.parse_args(argv)
 
 
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark name")
+    parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
+    parser.add_argument("--skip-missing", action="store_true", help="drop missing images (and their captions)")
+
+
+def stats_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval stats", description="ids, images, captions per split")
+    add_dataset_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        splits = [
+            load_split(args.dataset, args.root, s, skip_missing=args.skip_missing)
+            for s in DATASETS[args.dataset].splits
+        ]
+    except BenchmarkError as error:
+        return fail(error)
+    print(report.format_split_stats(splits, show_missing=args.skip_missing))
+    return 0
+
+
 def build(args: argparse.Namespace):
+    """The model and where it came from (see eval.report.checkpoint_source)."""
     if args.checkpoint:
         model, tag_dir = load_exported_model(args.checkpoint)
-        return model, str(tag_dir)
+        return model, report.checkpoint_source(tag_dir)
     config = load_config(args.config, args.overrides)
     torch.manual_seed(config.train.seed)
-    return build_model(config.model, tap_layer=config.nam.tap_layer), f"untrained model of {args.config}"
+    return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
 
 
-def format_table(title: str, metrics: dict) -> str:
-    header = "  ".join(f"{k:>6}" for k in METRIC_KEYS)
-    values = "  ".join(f"{metrics[k]:6.2f}" for k in METRIC_KEYS)
-    return f"{title}\n{header}\n{values}"
+def fail(error: Exception) -> int:
+    """One line on stderr, exit status 2; the benchmark reader's hint names the CLI flag here."""
+    print(f"error: {str(error).replace('skip_missing=True', '--skip-missing')}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        return stats_main(argv[1:])
+    if argv[:1] == ["export"]:
+        return export.main(argv[1:])
     args = parse_args(argv)
+    if args.top_k < 1 or args.html_queries < 1:
+        return fail(ValueError(f"--top-k and --html-queries must be >= 1 (got {args.top_k}, {args.html_queries})"))
     try:
-        split = load_split(args.dataset, args.root, args.split)
-        model, described = build(args)
+        split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
+        model, source = build(args)
     except (BenchmarkError, CheckpointError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    stats = split_stats(split)
+        return fail(error)
+    if split.missing_images:
+        print(f"note: skipped {len(split.missing_images)} missing images and their captions", file=sys.stderr)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
         model, split, batch_size=args.batch_size, num_workers=args.workers, device=device
     )
-    similarity = text_feats @ image_feats.t()  # (Q, G) cosine
-    metrics = retrieval_metrics(similarity.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids))
-    seconds = time.perf_counter() - start
-    title = (
-        f"{split.dataset} {args.split}: {stats['ids']} ids, {stats['images']} images, {stats['captions']} captions; "
-        f"{described}"
+    encoded = time.perf_counter()
+    # Ranked chunk by chunk from the features: the (Q, G) matrix never exists (ICFG-PEDES: 1.6 GB).
+    metrics = retrieval_metrics_from_features(
+        text_feats.cpu(), image_feats.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids)
     )
-    print(format_table(title, metrics))
+    timings = {"encode_seconds": encoded - start, "metric_seconds": time.perf_counter() - encoded}
+    print(report.format_table(f"{report.split_title(split)}; {source['described']}", metrics))
     if args.out:
-        result = {
-            "dataset": args.dataset,
-            "split": args.split,
-            "model": described,
-            "stats": stats,
-            "metrics": metrics,
-            "seconds": seconds,
-        }
-        args.out.write_text(json.dumps(result, indent=1))
+        args.out.write_text(
+            report.results_json(dataset=args.dataset, split=split, source=source, metrics=metrics, timings=timings)
+        )
+    if args.save_rankings or args.html:
+        similarity = (text_feats @ image_feats.t()).cpu()  # (Q, G) cosine, only for the per-query outputs
+    if args.save_rankings:
+        report.write_rankings(args.save_rankings, split, similarity, args.top_k)
+    if args.html:
+        print(f"wrote {write_html(args.html, split, similarity, num_queries=args.html_queries)}", file=sys.stderr)
     return 0
 
 

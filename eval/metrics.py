@@ -13,15 +13,23 @@ and counted in `num_queries_without_positive`, so no metric is ever NaN.
 
 Queries are processed `chunk_size` rows at a time, so memory is O(chunk_size · G) rather than the
 O(Q · G) of sorting the whole matrix at once (which runs out of memory on ICFG-PEDES at 12 GB).
+`retrieval_metrics_from_features` goes further: it computes the cosine similarities chunk by chunk from
+the features, so the (Q, G) matrix never exists and memory stays within a budget whatever Q and G.
 
 Image-to-text retrieval is the same computation on the transposed matrix: `image_to_text_metrics`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 
 RECALL_RANKS = (1, 5, 10)
+# Bytes per (query, gallery) entry while a chunk is ranked (measured peak): similarity, sorted values and
+# indices, the gathered pids, relevance, running hit counts and the float64 temporaries of AP and INP.
+BYTES_PER_RANKED_ENTRY = 64
 
 
 def retrieval_metrics(
@@ -38,13 +46,56 @@ def retrieval_metrics(
     `num_queries_without_positive`. Raises ValueError when no query has a positive in the gallery.
     """
     query_pids, gallery_pids = _validated_inputs(similarity, query_pids, gallery_pids, chunk_size=chunk_size)
-    num_queries, num_gallery = similarity.shape
+    num_queries = similarity.shape[0]
+    chunks = (
+        (similarity[start : start + chunk_size], query_pids[start : start + chunk_size])
+        for start in range(0, num_queries, chunk_size)
+    )
+    return _summarise(chunks, gallery_pids, similarity.shape)
+
+
+def retrieval_metrics_from_features(
+    query_feats: torch.Tensor,
+    gallery_feats: torch.Tensor,
+    query_pids: torch.Tensor,
+    gallery_pids: torch.Tensor,
+    *,
+    memory_budget: int = 256 << 20,
+) -> dict[str, float]:
+    """`retrieval_metrics` of the cosine similarities of (Q, D) queries against (G, D) gallery features,
+    computed chunk by chunk so that ranking takes about `memory_budget` bytes beyond the features."""
+    if query_feats.ndim != 2 or gallery_feats.ndim != 2 or query_feats.shape[1] != gallery_feats.shape[1]:
+        raise ValueError(
+            f"features must be (Q, D) and (G, D) with the same D (got {tuple(query_feats.shape)} and "
+            f"{tuple(gallery_feats.shape)})"
+        )
+    num_queries, num_gallery = len(query_feats), len(gallery_feats)
+    chunk_size = max(1, memory_budget // max(1, num_gallery * BYTES_PER_RANKED_ENTRY))
+    probe = torch.empty(num_queries, num_gallery, device="meta")  # shape-only stand-in for the validation
+    query_pids, gallery_pids = _validated_pids(probe, query_pids, gallery_pids, device=query_feats.device)
+    if torch.isnan(query_feats).any() or torch.isnan(gallery_feats).any():  # host sync, once per evaluation
+        raise ValueError("features contain NaN: rankings would be undefined")
+    # Divide by the gallery norms after the product: a normalised copy of a 1 M x 512 gallery would be 2 GB.
+    gallery_norms = gallery_feats.float().norm(dim=1).clamp(min=1e-12)  # (G,)
+
+    def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, num_queries, chunk_size):
+            stop = start + chunk_size
+            queries = F.normalize(query_feats[start:stop].float(), dim=1)  # (C, D)
+            yield (queries @ gallery_feats.T.to(queries.dtype)) / gallery_norms, query_pids[start:stop]
+
+    return _summarise(chunks(), gallery_pids, (num_queries, num_gallery))
+
+
+def _summarise(
+    chunks: Iterator[tuple[torch.Tensor, torch.Tensor]], gallery_pids: torch.Tensor, shape: tuple[int, int]
+) -> dict[str, float]:
+    """Ranks each (similarity chunk, its query pids) and turns the sums into the percentages."""
+    num_queries, num_gallery = shape
     # R@k..., AP, INP summed over queries with a positive, then their count; stays on device until the end
-    totals = torch.zeros(len(RECALL_RANKS) + 3, dtype=torch.float64, device=similarity.device)
-    for start in range(0, num_queries, chunk_size):
-        stop = start + chunk_size
-        relevance = _ranked_relevance(similarity[start:stop], query_pids[start:stop], gallery_pids)
-        totals += _chunk_totals(relevance)
+    totals = torch.zeros(len(RECALL_RANKS) + 3, dtype=torch.float64, device=gallery_pids.device)
+    for similarity, query_pids in chunks:
+        totals += _chunk_totals(_ranked_relevance(similarity, query_pids, gallery_pids))
     *metric_sums, num_with_positive = totals.tolist()  # the one host sync of the evaluation
     num_with_positive = int(num_with_positive)
     if num_with_positive == 0:
@@ -120,8 +171,15 @@ def _validated_inputs(
         raise ValueError("similarity contains NaN: rankings would be undefined")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int (got {chunk_size!r})")
-    query_pids = torch.as_tensor(query_pids, device=similarity.device)
-    gallery_pids = torch.as_tensor(gallery_pids, device=similarity.device)
+    return _validated_pids(similarity, query_pids, gallery_pids, device=similarity.device)
+
+
+def _validated_pids(
+    similarity: torch.Tensor, query_pids: torch.Tensor, gallery_pids: torch.Tensor, *, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pids as 1-D tensors on `device`, checked against the (Q, G) shape of `similarity`."""
+    query_pids = torch.as_tensor(query_pids, device=device)
+    gallery_pids = torch.as_tensor(gallery_pids, device=device)
     if query_pids.shape != (similarity.shape[0],):
         raise ValueError(
             f"query_pids shape {tuple(query_pids.shape)} does not match similarity shape {tuple(similarity.shape)} "

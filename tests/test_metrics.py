@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import image_to_text_metrics, retrieval_metrics
+from eval.metrics import image_to_text_metrics, retrieval_metrics, retrieval_metrics_from_features
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -211,3 +211,28 @@ def test_invalid_inputs_give_one_line_errors(
     with pytest.raises(ValueError, match=message) as caught:
         retrieval_metrics(similarity, query_pids, gallery_pids, **kwargs)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("memory_budget", [1, 5_000, 1 << 30])  # chunks of 1 query, a few, all at once
+def test_from_features_equals_the_full_cosine_matrix(memory_budget: int):
+    generator = torch.Generator().manual_seed(5)
+    queries, gallery = torch.randn(37, 8, generator=generator), torch.randn(23, 8, generator=generator)
+    query_pids = torch.randint(0, 6, (37,), generator=generator)
+    gallery_pids = torch.randint(0, 6, (23,), generator=generator)
+    full = torch.nn.functional.normalize(queries, dim=1) @ torch.nn.functional.normalize(gallery, dim=1).T
+    expected = retrieval_metrics(full, query_pids, gallery_pids)
+    got = retrieval_metrics_from_features(queries * 3.0, gallery, query_pids, gallery_pids, memory_budget=memory_budget)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-9), key
+
+
+def test_from_features_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="same D"):
+        retrieval_metrics_from_features(torch.randn(3, 4), torch.randn(5, 6), torch.arange(3), torch.arange(5))
+    with pytest.raises(ValueError, match="query_pids shape"):
+        retrieval_metrics_from_features(torch.randn(3, 4), torch.randn(5, 4), torch.arange(4), torch.arange(5))
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics_from_features(
+            torch.full((3, 4), float("nan")), torch.randn(5, 4), torch.arange(3), torch.arange(5)
+        )

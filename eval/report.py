@@ -1,0 +1,123 @@
+"""What `python -m eval` prints and writes: the metric table, split statistics, the results JSON and the
+per-query rankings file.
+
+The rankings file (`--save-rankings FILE.json`) is self-describing JSON:
+
+    dataset, split, top_k
+    query_captions[q], query_pids[q], query_image_indices[q]   (the image each caption describes)
+    gallery_paths[g], gallery_pids[g]
+    rankings[q]        the top_k gallery indices for query q, best first (ties keep gallery order)
+    scores[q]          their cosine similarities
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE
+from engine.config import Config, config_to_dict
+from eval.benchmarks import RetrievalSplit, split_stats
+
+METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
+HASH_BLOCK_BYTES = 1 << 20
+
+
+def format_table(title: str, metrics: dict) -> str:
+    header = "  ".join(f"{k:>6}" for k in METRIC_KEYS)
+    values = "  ".join(f"{metrics[k]:6.2f}" for k in METRIC_KEYS)
+    return f"{title}\n{header}\n{values}"
+
+
+def split_title(split: RetrievalSplit) -> str:
+    stats = split_stats(split)
+    return f"{split.dataset} {split.split}: {stats['ids']} ids, {stats['images']} images, {stats['captions']} captions"
+
+
+def format_split_stats(splits: list[RetrievalSplit], *, show_missing: bool) -> str:
+    """One row per split: ids, images, captions (and missing images when they were skipped)."""
+    columns = ("ids", "images", "captions", *(("missing",) if show_missing else ()))
+    lines = [f"{splits[0].dataset}", f"{'split':<8}" + "".join(f"{c:>10}" for c in columns)]
+    for split in splits:
+        row = split_stats(split) | {"missing": len(split.missing_images)}
+        lines.append(f"{split.split:<8}" + "".join(f"{row[c]:>10}" for c in columns))
+    return "\n".join(lines)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_source(tag_dir: Path) -> dict:
+    """What `--out` records of an exported model: its folder, the sha256 of its weights, its model_config.json."""
+    return {
+        "described": str(tag_dir),
+        "checkpoint": str(tag_dir),
+        "sha256": sha256_of(tag_dir / MODEL_FILE),
+        "model_config": json.loads((tag_dir / MODEL_CONFIG_FILE).read_text()),
+    }
+
+
+def config_source(config_path: str, config: Config) -> dict:
+    """The same for an untrained model built from a config, its model section in model_config.json's shape."""
+    return {
+        "described": f"untrained model of {config_path}",
+        "checkpoint": None,
+        "sha256": None,
+        "model_config": {"model": config_to_dict(config.model), "tap_layer": config.nam.tap_layer},
+    }
+
+
+def top_k_rankings(similarity: torch.Tensor, k: int, *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, scores), each (Q, min(k, G)): the best gallery items per query, best first.
+
+    A stable descending sort per chunk of queries, so ties keep gallery order exactly as eval.metrics ranks
+    them (torch.topk does not promise that); memory is O(chunk_size · G)."""
+    k = min(k, similarity.shape[1])
+    indices, scores = [], []
+    for start in range(0, similarity.shape[0], chunk_size):
+        ranked = torch.sort(similarity[start : start + chunk_size], dim=1, descending=True, stable=True)
+        indices.append(ranked.indices[:, :k])
+        scores.append(ranked.values[:, :k])
+    return torch.cat(indices), torch.cat(scores)
+
+
+def write_rankings(path: Path, split: RetrievalSplit, similarity: torch.Tensor, k: int) -> None:
+    indices, scores = top_k_rankings(similarity, k)
+    rankings = {
+        "dataset": split.dataset,
+        "split": split.split,
+        "top_k": indices.shape[1],
+        "query_captions": split.captions,
+        "query_pids": split.caption_pids,
+        "query_image_indices": split.caption_image_indices,
+        "gallery_paths": [str(p) for p in split.image_paths],
+        "gallery_pids": split.image_pids,
+        "rankings": indices.tolist(),
+        "scores": [[round(s, 6) for s in row] for row in scores.tolist()],
+    }
+    path.write_text(json.dumps(rankings))
+
+
+def results_json(*, dataset: str, split: RetrievalSplit, source: dict, metrics: dict, timings: dict) -> str:
+    """The `--out` file: what was evaluated (data, weights and their hash, model config), metrics, timings."""
+    result = {
+        "dataset": dataset,
+        "split": split.split,
+        "model": source["described"],
+        "checkpoint": source["checkpoint"],  # the tag folder, or null for an untrained config
+        "model_sha256": source["sha256"],  # of model.safetensors, or null
+        "model_config": source["model_config"],
+        "stats": split_stats(split) | {"missing_images": len(split.missing_images)},
+        "metrics": metrics,
+        "timings": timings,  # encode_seconds, metric_seconds
+        "seconds": timings["encode_seconds"] + timings["metric_seconds"],
+    }
+    return json.dumps(result, indent=1)
