@@ -118,7 +118,7 @@ def test_two_ranks_train_with_falling_loss_then_eval(uninterrupted_run: Path, wo
     metrics = json.loads(out.read_text())["metrics"]
     assert set(metrics) >= {"R1", "R5", "R10", "mAP", "mINP"}
     assert 0.0 <= metrics["R1"] <= metrics["R5"] <= metrics["R10"] <= 100.0
-    assert json.loads(out.read_text())["stats"] == {"ids": 8, "images": 16, "captions": 32}
+    assert json.loads(out.read_text())["stats"] == {"ids": 8, "images": 16, "captions": 32, "missing_images": 0}
 
 
 def test_stopped_and_resumed_run_reaches_the_same_parameters(uninterrupted_run: Path, workspace):
