@@ -26,6 +26,7 @@ from engine.model import CLIPDualEncoder
 from engine.noise_table import ShardedNoiseTable
 
 LATEST = "latest"
+BEST = "best.json"  # {"tag", "eval", "split", "R1"}: the checkpoint with the best validation R1
 MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model_config.json"
 TRAIN_STATE_FILE = "train_state.json"
@@ -90,9 +91,21 @@ def save_checkpoint(
 
 
 def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:
+    """Removes the oldest checkpoints beyond `keep`; the current and the best one always stay."""
+    best = json.loads((checkpoint_dir / BEST).read_text())["tag"] if (checkpoint_dir / BEST).is_file() else None
     tags = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / TRAIN_STATE_FILE).is_file())
-    for old in [p for p in tags if p.name != current][: max(0, len(tags) - keep)]:
+    for old in [p for p in tags if p.name not in (current, best)][: max(0, len(tags) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def mark_best(checkpoint_dir: Path, tag: str, record: dict, *, metric: str = "R1") -> bool:
+    """Points best.json at `tag` when its validation `metric` beats the one recorded; returns whether it did."""
+    path = checkpoint_dir / BEST
+    if path.is_file() and json.loads(path.read_text())[metric] >= record[metric]:
+        return False
+    best = {"tag": tag, "eval": record["eval"], "split": record["split"], metric: record[metric]}
+    _atomic_write_text(path, json.dumps(best, indent=1))
+    return True
 
 
 def resolve_tag_dir(path: str | Path) -> Path:

@@ -80,3 +80,24 @@ def exchange_rows(outgoing: list[torch.Tensor]) -> list[torch.Tensor]:
     receive = send.new_empty((sum(sizes_in), *send.shape[1:]))
     dist.all_to_all_single(receive, send, output_split_sizes=sizes_in, input_split_sizes=sizes_out)
     return list(receive.cpu().split(sizes_in))
+
+
+def block_bounds(total: int) -> tuple[int, int]:
+    """This rank's contiguous share [start, stop) of `total` items, for data-parallel evaluation."""
+    world, me = world_size(), rank()
+    return total * me // world, total * (me + 1) // world
+
+
+def gather_blocks(local: torch.Tensor, total: int) -> torch.Tensor:
+    """Every rank's `block_bounds` share of (total, ...) rows -> all rows in order, on every rank."""
+    if not is_distributed():
+        return local
+    world = dist.get_world_size()
+    largest = max(total * (r + 1) // world - total * r // world for r in range(world))
+    padded = local.new_zeros((largest, *local.shape[1:]))
+    padded[: len(local)] = local
+    padded = padded.to(_communication_device())
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    sizes = [total * (r + 1) // world - total * r // world for r in range(world)]
+    return torch.cat([part[:size].to(local.device) for part, size in zip(parts, sizes, strict=True)])

@@ -163,6 +163,29 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Direct-transfer evaluation during pretraining: every benchmark whose root is set is scored."""
+
+    every_epochs: int = 1  # evaluate after every N epochs; 0 = never during training
+    cuhk_pedes: str | None = None  # folder with reid_raw.json and imgs/
+    icfg_pedes: str | None = None  # folder with ICFG-PEDES.json and imgs/ (no val split: test only)
+    rstpreid: str | None = None  # folder with data_captions.json and imgs/
+    batch_size: int = 64  # per rank; extraction is split over the ranks
+
+    def __post_init__(self) -> None:
+        if self.every_epochs < 0:
+            raise ConfigError(f"eval.every_epochs must be >= 0 (got {self.every_epochs})")
+        if self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size must be > 0 (got {self.batch_size})")
+
+    @property
+    def roots(self) -> dict[str, str]:
+        """Benchmark name (as `python -m eval --dataset` spells it) -> root, for the configured ones."""
+        named = {"cuhk-pedes": self.cuhk_pedes, "icfg-pedes": self.icfg_pedes, "rstpreid": self.rstpreid}
+        return {name: root for name, root in named.items() if root}
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -170,6 +193,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         if self.nam.tap_layer > min(self.model.vision_layers, self.model.text_layers):

@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from data.dataset import CaptionSampleStream, Manifest, make_loader
 from engine import collectives
-from engine.checkpoint import export_model, load_checkpoint, resolve_tag_dir, save_checkpoint
+from engine.checkpoint import export_model, load_checkpoint, mark_best, resolve_tag_dir, save_checkpoint
 from engine.config import Config, config_to_dict
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
 from engine.losses import sdm_loss
 from engine.model import build_model
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.noise_table import ShardedNoiseTable
+from eval.during_training import TrainingEvaluator
 from kernels import token_patch_max_cosine
 
 
@@ -139,6 +140,7 @@ def train(config: Config, *, resume: str | None = None) -> Path:
     ds_config = deepspeed_config(config, total_steps=total_steps, world_size=world)
     engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
+    evaluator = TrainingEvaluator(config.eval)
     state = TrainState(world_size=world)
     if resume:
         state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream)
@@ -186,7 +188,10 @@ def train(config: Config, *, resume: str | None = None) -> Path:
                 noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
                 log.write({"epoch": epoch, "noise_exchange_s": time.perf_counter() - started})
             state.epoch, state.batches_done = epoch + 1, 0
-            checkpoint(f"epoch{epoch + 1:04d}")
+            tag = f"epoch{epoch + 1:04d}"
+            checkpoint(tag)
+            if evaluator.due(epoch + 1):
+                evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
         final_dir = run_dir / "final"
         if rank == 0:
             export_model(engine.module, final_dir, config.model, config.nam.tap_layer)
@@ -194,6 +199,21 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         return final_dir
     finally:
         log.close()
+
+
+def evaluate(
+    evaluator: TrainingEvaluator, engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
+) -> None:
+    """Scores the configured benchmarks (all ranks extract); rank 0 logs and keeps best.json on validation R1."""
+    for record in evaluator.evaluate(engine.module, device()):
+        improved = record["selects_best"] and mark_best(checkpoint_dir, tag, record)
+        log.write({"epoch": epoch, "tag": tag, **record, "new_best": improved})
+        title = f"eval after epoch {epoch}: {record['eval']} {record['split']}"
+        print(
+            f"{title}: R1 {record['R1']:.2f} R5 {record['R5']:.2f} mAP {record['mAP']:.2f}"
+            + (" (best so far)" if improved else ""),
+            flush=True,
+        )
 
 
 def restore(engine, path: str | Path, noise_table: ShardedNoiseTable, stream: CaptionSampleStream) -> TrainState:

@@ -1,4 +1,7 @@
-"""Encode a benchmark split with the dual encoder: L2-normalised image and caption features."""
+"""Encode a benchmark split with the dual encoder: L2-normalised image and caption features.
+
+Launched with several ranks, each rank encodes a contiguous share of the images and captions and the
+features are gathered at the end, in order, on every rank."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.transforms import eval_transform
+from engine import collectives
 from engine.model import CLIPDualEncoder
 from engine.tokenizer import CLIPTokenizer
 from eval.benchmarks import RetrievalSplit
@@ -36,20 +40,33 @@ def encode_split(
     num_workers: int = 0,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (image features (G, E), caption features (Q, E)), both unit-norm float32."""
+    """Returns (image features (G, E), caption features (Q, E)), both unit-norm float32; the model is left in
+    the train/eval mode it came in."""
     device = device or torch.device("cpu")
+    was_training = model.training
     model = model.to(device).eval()
     dtype = next(model.parameters()).dtype
+    image_start, image_stop = collectives.block_bounds(len(split.image_paths))
+    caption_start, caption_stop = collectives.block_bounds(len(split.captions))
     images = DataLoader(
-        _ImageFiles(split.image_paths, model.cfg.image_size), batch_size=batch_size, num_workers=num_workers
+        _ImageFiles(split.image_paths[image_start:image_stop], model.cfg.image_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
     )
     image_feats = [
         model.encode_image(batch.to(device, dtype)).float()
         for batch in tqdm(images, desc="images", mininterval=5.0, leave=False)
     ]
     tokenizer = CLIPTokenizer(model.cfg.context_length)
+    captions = split.captions[caption_start:caption_stop]
     text_feats = []
-    for start in tqdm(range(0, len(split.captions), batch_size), desc="captions", mininterval=5.0, leave=False):
-        ids = tokenizer(split.captions[start : start + batch_size]).to(device)
-        text_feats.append(model.encode_text(ids).float())
-    return F.normalize(torch.cat(image_feats), dim=-1), F.normalize(torch.cat(text_feats), dim=-1)
+    for start in tqdm(range(0, len(captions), batch_size), desc="captions", mininterval=5.0, leave=False):
+        text_feats.append(model.encode_text(tokenizer(captions[start : start + batch_size]).to(device)).float())
+    model.train(was_training)
+    width = model.cfg.embed_dim
+    image_feats = F.normalize(torch.cat(image_feats) if image_feats else torch.empty(0, width, device=device), dim=-1)
+    text_feats = F.normalize(torch.cat(text_feats) if text_feats else torch.empty(0, width, device=device), dim=-1)
+    return (
+        collectives.gather_blocks(image_feats, len(split.image_paths)),
+        collectives.gather_blocks(text_feats, len(split.captions)),
+    )

@@ -12,7 +12,7 @@ for masking in em nam; do
   rm -rf "$run"
   echo "== train with nam.masking=$masking into $run"
   .venv/bin/deepspeed --num_gpus 2 --module launcher.train --config configs/demo_cpu.yaml \
-    "data.shards=$DATA/shards" "train.run_dir=$run" "nam.masking=$masking" 2>&1 | grep -E '^(training|done|error)'
+    "data.shards=$DATA/shards" "eval.cuhk_pedes=$DATA/cuhk_pedes" "train.run_dir=$run" "nam.masking=$masking" 2>&1 | grep -E '^(training|done|error)'
   $PY -m eval --checkpoint "$run" --dataset cuhk-pedes --root "$DATA/cuhk_pedes" --out "$run/eval_test.json"
   $PY -m eval.noise_auroc --checkpoint "$run" --data "$DATA/luperson_mllm" --out "$run/noise_auroc.json"
 done

@@ -16,6 +16,7 @@ echo "== 3/5 the untrained model on the held-out test set"
 $PY -m eval --config configs/demo_cpu.yaml --dataset cuhk-pedes --root "$DATA/cuhk_pedes"
 echo "== 4/5 pretrain with SDM + NAM: 2 ranks through the deepspeed launcher (CPU, gloo)"
 rm -rf "$RUN"
-.venv/bin/deepspeed --num_gpus 2 --module launcher.train --config configs/demo_cpu.yaml "data.shards=$DATA/shards" "train.run_dir=$RUN"
+.venv/bin/deepspeed --num_gpus 2 --module launcher.train --config configs/demo_cpu.yaml "data.shards=$DATA/shards" \
+  "eval.cuhk_pedes=$DATA/cuhk_pedes" "train.run_dir=$RUN"
 echo "== 5/5 the trained model on the held-out test set"
 $PY -m eval --checkpoint "$RUN" --dataset cuhk-pedes --root "$DATA/cuhk_pedes" --out "$RUN/eval_test.json"

@@ -14,8 +14,9 @@ from data.captions import CaptionError
 from data.dataset import ShardError
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
+from eval.benchmarks import BenchmarkError
 
-USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, BenchmarkError, FileNotFoundError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,6 +27,7 @@ nam: {tap_layer: 1}
 data: {shards: SHARDS, num_workers: 0, shuffle_buffer: 64, augment: {crop_padding: 2}}
 optim: {lr: 1.0e-3}
 train: {epochs: 3, batch_size: 8, log_every_steps: 4}
+eval: {cuhk_pedes: CUHK}
 """
 BATCHES_PER_EPOCH = 12  # 48 images x 4 captions / 2 ranks / batch 8
 
@@ -74,7 +75,9 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     raw = root / "synthetic" / "luperson_mllm"
     pack(raw / "imgs", [raw / f"{s}.json" for s in SOURCES], root / "shards", images_per_shard=12)
     config = root / "tiny.yaml"
-    config.write_text(TINY.replace("SHARDS", str(root / "shards")))
+    config.write_text(
+        TINY.replace("SHARDS", str(root / "shards")).replace("CUHK", str(root / "synthetic" / "cuhk_pedes"))
+    )
     return {"root": root, "config": config, "cuhk": root / "synthetic" / "cuhk_pedes"}
 
 
@@ -97,6 +100,16 @@ def test_two_ranks_train_with_falling_loss_then_eval(uninterrupted_run: Path, wo
     assert all(r["unscored_captions"] == 0 for r in records)
     assert (uninterrupted_run / "final" / "model.safetensors").is_file()
     assert (uninterrupted_run / "checkpoints" / "latest").read_text() == "epoch0003"
+
+    # In-training eval: val and test of the synthetic CUHK-PEDES after every epoch, extracted on both ranks;
+    # the best checkpoint follows validation R1 only.
+    evals = [r for r in lines if "eval" in r]
+    assert [(r["epoch"], r["split"]) for r in evals] == [(e, s) for e in range(3) for s in ("val", "test")]
+    assert all(r["selects_best"] == (r["split"] == "val") for r in evals)
+    best = json.loads((uninterrupted_run / "checkpoints" / "best.json").read_text())
+    best_val = max((r for r in evals if r["split"] == "val"), key=lambda r: (r["R1"], -r["epoch"]))
+    assert (best["tag"], best["split"], best["R1"]) == (best_val["tag"], "val", best_val["R1"])
+    assert (uninterrupted_run / "checkpoints" / best["tag"]).is_dir()
 
     out = workspace["root"] / "eval.json"
     result = run(
@@ -152,8 +165,11 @@ def test_zero_stage_2_matches_stage_0(uninterrupted_run: Path, workspace):
 
 def test_single_process_without_the_launcher_in_bf16(workspace):
     run_dir = workspace["root"] / "bf16"
-    result = train_in_one_process(workspace["config"], run_dir, "train.precision=bf16", "train.max_steps=3")
+    result = train_in_one_process(
+        workspace["config"], run_dir, "train.precision=bf16", "train.max_steps=3", "eval.rstpreid=/nowhere/RSTPReid"
+    )
     assert "1 rank(s)" in result.stdout and "precision=bf16" in result.stdout
+    assert result.stdout.count("eval.rstpreid root /nowhere/RSTPReid does not exist: rstpreid is not evaluated") == 1
     weights = load_file(str(run_dir / "checkpoints" / "step00000003" / "model.safetensors"))
     assert all(t.dtype == torch.float32 for t in weights.values())  # exported in fp32 whatever the training precision
 

@@ -1,0 +1,66 @@
+"""Direct-transfer evaluation during pretraining (METHOD.md §8): every configured benchmark, every N epochs,
+features extracted in parallel over the ranks. The best checkpoint is chosen on a validation split, never
+on a test split; test numbers are logged beside it, separately."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine import collectives
+from engine.config import EvalConfig
+from engine.model import CLIPDualEncoder
+from eval.benchmarks import DATASETS, BenchmarkError, RetrievalSplit, load_split
+from eval.encode import encode_split
+from eval.metrics import retrieval_metrics_from_features
+
+SELECTION_METRIC = "R1"
+
+
+class TrainingEvaluator:
+    """Holds the configured benchmarks' splits; `evaluate` is collective (every rank calls it)."""
+
+    def __init__(self, config: EvalConfig) -> None:
+        self.config = config
+        self.splits: list[RetrievalSplit] = []
+        for name, root in config.roots.items():
+            if not Path(root).is_dir():
+                self._warn(f"eval.{name.replace('-', '_')} root {root} does not exist: {name} is not evaluated")
+                continue
+            for split in ("val", "test"):
+                if split in DATASETS[name].splits:
+                    self.splits.append(self._load(name, root, split))
+        # The first benchmark with a validation split picks the best checkpoint.
+        self.selection = next((s for s in self.splits if s.split == "val"), None)
+        if self.splits and self.selection is None:
+            self._warn("no configured benchmark has a validation split: no best checkpoint is chosen (never on test)")
+
+    def due(self, epochs_done: int) -> bool:
+        return bool(self.splits) and self.config.every_epochs > 0 and epochs_done % self.config.every_epochs == 0
+
+    def evaluate(self, model: CLIPDualEncoder, device: torch.device) -> list[dict]:
+        """Metrics of every split, as log records on rank 0 (empty on the others)."""
+        records = []
+        for split in self.splits:
+            image_feats, text_feats = encode_split(model, split, batch_size=self.config.batch_size, device=device)
+            if collectives.rank() != 0:
+                continue
+            metrics = retrieval_metrics_from_features(
+                text_feats.cpu(), image_feats.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids)
+            )
+            selects = split is self.selection
+            records.append({"eval": split.dataset, "split": split.split, "selects_best": selects, **metrics})
+        return records
+
+    @staticmethod
+    def _load(name: str, root: str, split: str) -> RetrievalSplit:
+        try:
+            return load_split(name, root, split)
+        except BenchmarkError as error:
+            raise BenchmarkError(f"eval.{name.replace('-', '_')}: {error}") from None
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        if collectives.rank() == 0:
+            print(f"warning: {message}", flush=True)
