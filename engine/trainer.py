@@ -208,7 +208,7 @@ def evaluate(
     for record in evaluator.evaluate(engine.module, device()):
         improved = record["selects_best"] and mark_best(checkpoint_dir, tag, record)
         log.write({"epoch": epoch, "tag": tag, **record, "new_best": improved})
-        title = f"eval after epoch {epoch}: {record['eval']} {record['split']}"
+        title = f"eval after {epoch + 1} epochs: {record['eval']} {record['split']}"
         print(
             f"{title}: R1 {record['R1']:.2f} R5 {record['R5']:.2f} mAP {record['mAP']:.2f}"
             + (" (best so far)" if improved else ""),

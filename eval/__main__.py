@@ -10,12 +10,15 @@ python -m eval export --checkpoint PATH --out DIR   # a transformers CLIP folder
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
+from engine import collectives
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import build_model
@@ -46,6 +49,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
     parser.add_argument("--html", type=Path, help="write DIR/index.html: sampled queries and their top 10 images")
     parser.add_argument("--html-queries", type=int, default=20, help="queries shown in --html")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="config overrides with --config, e.g. model.pretrained=PATH")
     return parser.parse_args(argv)
 
@@ -81,6 +85,11 @@ def build(args: argparse.Namespace):
     return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
 
 
+def device() -> torch.device:
+    """This rank's GPU when there is one (init_distributed set it), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def fail(error: Exception) -> int:
     """One line on stderr, exit status 2; the benchmark reader's hint names the CLI flag here."""
     print(f"error: {str(error).replace('skip_missing=True', '--skip-missing')}", file=sys.stderr)
@@ -94,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["export"]:
         return export.main(argv[1:])
     args = parse_args(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: extract features on all
+        from engine.deepspeed_setup import init_distributed  # deepspeed only when the launcher started us
+
+        init_distributed()
+    try:
+        return evaluate(args)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def evaluate(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.html_queries < 1:
         return fail(ValueError(f"--top-k and --html-queries must be >= 1 (got {args.top_k}, {args.html_queries})"))
     try:
@@ -103,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     if split.missing_images:
         print(f"note: skipped {len(split.missing_images)} missing images and their captions", file=sys.stderr)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
-        model, split, batch_size=args.batch_size, num_workers=args.workers, device=device
+        model, split, batch_size=args.batch_size, num_workers=args.workers, device=device()
     )
     encoded = time.perf_counter()
+    if collectives.rank() != 0:  # every rank extracted its share; rank 0 ranks and reports
+        return 0
     # Ranked chunk by chunk from the features: the (Q, G) matrix never exists (ICFG-PEDES: 1.6 GB).
     metrics = retrieval_metrics_from_features(
         text_feats.cpu(), image_feats.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids)

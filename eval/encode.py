@@ -5,6 +5,8 @@ features are gathered at the end, in order, on every rank."""
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,6 +18,11 @@ from engine import collectives
 from engine.model import CLIPDualEncoder
 from engine.tokenizer import CLIPTokenizer
 from eval.benchmarks import RetrievalSplit
+
+
+def _quiet() -> bool:
+    """Progress bars only on an interactive terminal, and only on rank 0: logs stay readable."""
+    return not sys.stderr.isatty() or collectives.rank() != 0
 
 
 class _ImageFiles(Dataset):
@@ -55,12 +62,14 @@ def encode_split(
     )
     image_feats = [
         model.encode_image(batch.to(device, dtype)).float()
-        for batch in tqdm(images, desc="images", mininterval=5.0, leave=False)
+        for batch in tqdm(images, desc="images", mininterval=5.0, leave=False, disable=_quiet())
     ]
     tokenizer = CLIPTokenizer(model.cfg.context_length)
     captions = split.captions[caption_start:caption_stop]
     text_feats = []
-    for start in tqdm(range(0, len(captions), batch_size), desc="captions", mininterval=5.0, leave=False):
+    for start in tqdm(
+        range(0, len(captions), batch_size), desc="captions", mininterval=5.0, leave=False, disable=_quiet()
+    ):
         text_feats.append(model.encode_text(tokenizer(captions[start : start + batch_size]).to(device)).float())
     model.train(was_training)
     width = model.cfg.embed_dim

@@ -210,3 +210,28 @@ def test_resume_on_another_world_size_reshards_the_noise_table(uninterrupted_run
     assert steps and all(r["epoch"] == 2 for r in steps)
     assert all(r["unscored_captions"] == 0 for r in steps)
     assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_eval_cli_on_two_ranks_gives_the_single_process_numbers(uninterrupted_run: Path, workspace):
+    single, parallel = workspace["root"] / "eval_one.json", workspace["root"] / "eval_two.json"
+    common = ["--checkpoint", str(uninterrupted_run), "--dataset", "cuhk-pedes", "--root", str(workspace["cuhk"])]
+    run([sys.executable, "-m", "eval", *common, "--out", str(single)])
+    result = run(
+        [
+            str(DEEPSPEED),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "--module",
+            "eval",
+            *common,
+            "--out",
+            str(parallel),
+        ]
+    )
+    assert result.stdout.count("    R1      R5") == 1  # rank 0 alone reports
+    for key in ("R1", "R5", "R10", "mAP", "mINP"):
+        assert json.loads(parallel.read_text())["metrics"][key] == pytest.approx(
+            json.loads(single.read_text())["metrics"][key], abs=1e-6
+        )
