@@ -50,22 +50,13 @@ def train_in_one_process(config: Path, run_dir: Path, *extra: str) -> subprocess
     return run([sys.executable, "-m", "launcher.train", "--config", str(config), f"train.run_dir={run_dir}", *extra])
 
 
+def on_two_ranks(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`deepspeed --num_gpus 2 --module MODULE ARGS` on this CPU machine (gloo)."""
+    return run([str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "--module", module, *args])
+
+
 def train_on_two_ranks(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run(
-        [
-            str(DEEPSPEED),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "launcher.train",
-            "--config",
-            str(config),
-            f"train.run_dir={run_dir}",
-            *extra,
-        ]
-    )
+    return on_two_ranks("launcher.train", "--config", str(config), f"train.run_dir={run_dir}", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -216,20 +207,7 @@ def test_eval_cli_on_two_ranks_gives_the_single_process_numbers(uninterrupted_ru
     single, parallel = workspace["root"] / "eval_one.json", workspace["root"] / "eval_two.json"
     common = ["--checkpoint", str(uninterrupted_run), "--dataset", "cuhk-pedes", "--root", str(workspace["cuhk"])]
     run([sys.executable, "-m", "eval", *common, "--out", str(single)])
-    result = run(
-        [
-            str(DEEPSPEED),
-            "--num_gpus",
-            "2",
-            "--master_port",
-            str(free_port()),
-            "--module",
-            "eval",
-            *common,
-            "--out",
-            str(parallel),
-        ]
-    )
+    result = on_two_ranks("eval", *common, "--out", str(parallel))
     assert result.stdout.count("    R1      R5") == 1  # rank 0 alone reports
     for key in ("R1", "R5", "R10", "mAP", "mINP"):
         assert json.loads(parallel.read_text())["metrics"][key] == pytest.approx(
