@@ -23,10 +23,11 @@ from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import build_model
 from eval import export, report
-from eval.benchmarks import DATASETS, BenchmarkError, load_split
+from eval.benchmarks import BenchmarkError, load_split
 from eval.encode import encode_split
 from eval.html import write_html
 from eval.metrics import retrieval_metrics_from_features
+from eval.stats import add_dataset_args, fail, stats_main
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,27 +55,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def add_dataset_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark name")
-    parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
-    parser.add_argument("--skip-missing", action="store_true", help="drop missing images (and their captions)")
-
-
-def stats_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval stats", description="ids, images, captions per split")
-    add_dataset_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        splits = [
-            load_split(args.dataset, args.root, s, skip_missing=args.skip_missing)
-            for s in DATASETS[args.dataset].splits
-        ]
-    except BenchmarkError as error:
-        return fail(error)
-    print(report.format_split_stats(splits, show_missing=args.skip_missing))
-    return 0
-
-
 def build(args: argparse.Namespace):
     """The model and where it came from (see eval.report.checkpoint_source)."""
     if args.checkpoint:
@@ -88,12 +68,6 @@ def build(args: argparse.Namespace):
 def device() -> torch.device:
     """This rank's GPU when there is one (init_distributed set it), else the CPU."""
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def fail(error: Exception) -> int:
-    """One line on stderr, exit status 2; the benchmark reader's hint names the CLI flag here."""
-    print(f"error: {str(error).replace('skip_missing=True', '--skip-missing')}", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

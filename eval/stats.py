@@ -1,0 +1,36 @@
+"""`python -m eval stats`: ids, images and captions of every split of a benchmark, and the CLI's shared bits."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from eval import report
+from eval.benchmarks import DATASETS, BenchmarkError, load_split
+
+
+def add_dataset_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark name")
+    parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
+    parser.add_argument("--skip-missing", action="store_true", help="drop missing images (and their captions)")
+
+
+def stats_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval stats", description="ids, images, captions per split")
+    add_dataset_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        splits = [
+            load_split(args.dataset, args.root, s, skip_missing=args.skip_missing)
+            for s in DATASETS[args.dataset].splits
+        ]
+    except BenchmarkError as error:
+        return fail(error)
+    print(report.format_split_stats(splits, show_missing=args.skip_missing))
+    return 0
+
+
+def fail(error: Exception) -> int:
+    """One line on stderr, exit status 2; the benchmark reader's hint names the CLI flag here."""
+    print(f"error: {str(error).replace('skip_missing=True', '--skip-missing')}", file=sys.stderr)
+    return 2
