@@ -46,8 +46,8 @@ class Manifest:
     shards: list[ShardInfo]
 
     @property
-    def first_pids(self) -> list[int]:
-        """pid of each shard's first image: packing numbers images consecutively across shards."""
+    def first_images(self) -> list[int]:
+        """Index of each shard's first image: packing numbers images consecutively across shards."""
         starts, total = [], 0
         for shard in self.shards:
             starts.append(total)
@@ -126,11 +126,11 @@ class CaptionSampleStream(IterableDataset):
         return min(rank_batches(rank) for rank in range(self.world_size))
 
     def caption_ids(self, epoch: int) -> torch.Tensor:
-        """Every caption id this rank may read in `epoch` (pid * num_sources + source index)."""
+        """Every caption id this rank may read in `epoch` (image index * num_sources + source index)."""
         sources = len(self.manifest.sources)
-        first_pids = self.manifest.first_pids
+        first_images = self.manifest.first_images
         ranges = [
-            torch.arange(first_pids[i] * sources, (first_pids[i] + self.manifest.shards[i].images) * sources)
+            torch.arange(first_images[i] * sources, (first_images[i] + self.manifest.shards[i].images) * sources)
             for i in self.shard_indices(epoch, self.rank)
         ]
         return torch.cat(ranges) if ranges else torch.empty(0, dtype=torch.long)

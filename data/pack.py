@@ -4,7 +4,8 @@
         --out DIR [--images-per-shard 1000]
 
 One record per image: the original image bytes and a JSON with its pid, file name and captions, each
-with its source and a stable global caption id (pid * num_sources + source index)."""
+with its source and a stable global caption id (image index * num_sources + source index; for
+LUPerson the image index is the pid, as every image is its own identity)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import webdataset as wds
 from tqdm import tqdm
 
-from data.captions import CaptionError, CaptionSet, load_captions
+from data.captions import CaptionError, load_captions
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 MANIFEST = "manifest.json"
@@ -33,30 +35,62 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record(image_path: Path, pid: int, caption_set: CaptionSet) -> tuple[dict, int]:
-    row = caption_set.captions[image_path.name]
-    num_sources = len(caption_set.sources)
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to pack: its identity and its captions, each with the index of its source."""
+
+    path: Path
+    pid: int
+    captions: list[tuple[int, str, str]]  # (source index, source name, text)
+
+
+def _record(image_index: int, item: ImageItem, num_sources: int) -> dict:
+    """Caption ids are image_index * num_sources + source index: stable, dense and known from the manifest."""
     captions = [
-        {"text": text, "source": source.name, "caption_id": pid * num_sources + index}
-        for index, (source, text) in enumerate(zip(caption_set.sources, row, strict=True))
-        if text is not None
+        {"text": text, "source": source, "caption_id": image_index * num_sources + source_index}
+        for source_index, source, text in item.captions
     ]
-    meta = {"pid": pid, "image": image_path.name, "captions": captions}
-    record = {"__key__": f"{pid:09d}", IMAGE_SUFFIXES[image_path.suffix.lower()]: image_path.read_bytes(), "json": meta}
-    return record, len(captions)
+    meta = {"pid": item.pid, "image": item.path.name, "captions": captions}
+    suffix = IMAGE_SUFFIXES[item.path.suffix.lower()]
+    return {"__key__": f"{image_index:09d}", suffix: item.path.read_bytes(), "json": meta}
 
 
-def _write_shard(out_dir: Path, index: int, images: list[Path], first_pid: int, caption_set: CaptionSet) -> dict:
+def _write_shard(out_dir: Path, index: int, items: list[ImageItem], first_image: int, num_sources: int) -> dict:
     name = f"shard-{index:06d}.tar"
     partial = out_dir / f".{name}.partial"
-    captions = 0
     with partial.open("wb") as handle, wds.TarWriter(handle) as writer:
-        for offset, image_path in enumerate(images):
-            record, count = _record(image_path, first_pid + offset, caption_set)
-            writer.write(record)
-            captions += count
+        for offset, item in enumerate(items):
+            writer.write(_record(first_image + offset, item, num_sources))
     os.replace(partial, out_dir / name)  # a shard is either complete or absent
-    return {"name": name, "images": len(images), "captions": captions, "sha256": _sha256(out_dir / name)}
+    captions = sum(len(item.captions) for item in items)
+    return {"name": name, "images": len(items), "captions": captions, "sha256": _sha256(out_dir / name)}
+
+
+def write_shards(
+    items: list[ImageItem], out_dir: Path, *, sources: list[str], images_per_shard: int, extra: dict
+) -> dict:
+    """Shards of `images_per_shard` images and the manifest (written last, atomically); returns the manifest."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shards = []
+    progress = tqdm(total=len(items), desc="packing", unit="img", mininterval=2.0)
+    for index, start in enumerate(range(0, len(items), images_per_shard)):
+        chunk = items[start : start + images_per_shard]
+        shards.append(_write_shard(out_dir, index, chunk, start, len(sources)))
+        progress.update(len(chunk))
+    progress.close()
+    manifest = {
+        "format": "wds",
+        "sources": sources,
+        "num_images": len(items),
+        "num_captions": sum(s["captions"] for s in shards),
+        "caption_id_space": len(items) * len(sources),
+        "shards": shards,
+        **extra,
+    }
+    partial = out_dir / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(manifest, indent=1))
+    os.replace(partial, out_dir / MANIFEST)
+    return manifest
 
 
 def pack(images_dir: Path, caption_files: list[Path], out_dir: Path, *, images_per_shard: int = 1000) -> dict:
@@ -70,31 +104,23 @@ def pack(images_dir: Path, caption_files: list[Path], out_dir: Path, *, images_p
     if not packed:
         raise CaptionError(f"no image in {images_dir} has a caption in {', '.join(map(str, caption_files))}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
-    progress = tqdm(total=len(packed), desc="packing", unit="img", mininterval=2.0)
-    for index, start in enumerate(range(0, len(packed), images_per_shard)):
-        chunk = packed[start : start + images_per_shard]
-        shards.append(_write_shard(out_dir, index, chunk, start, caption_set))
-        progress.update(len(chunk))
-    progress.close()
-
-    manifest = {
-        "format": "wds",
-        "sources": [s.name for s in caption_set.sources],
-        "num_images": len(packed),
-        "num_captions": sum(s["captions"] for s in shards),
-        "caption_id_space": len(packed) * len(caption_set.sources),
-        "shards": shards,
+    # LUPerson: every image is its own identity, so the pid is the image's index.
+    names = [source.name for source in caption_set.sources]
+    items = [
+        ImageItem(
+            path,
+            pid,
+            [(i, names[i], text) for i, text in enumerate(caption_set.captions[path.name]) if text is not None],
+        )
+        for pid, path in enumerate(packed)
+    ]
+    extra = {
         "images_without_captions": {"count": len(without_captions), "names": without_captions[:LISTED_LIMIT]},
         "captions_without_images": {"count": len(without_images), "names": without_images[:LISTED_LIMIT]},
         "dirty_captions_replaced": len(caption_set.dirty_replaced),
         "dirty_captions_dropped": len(caption_set.dirty_unreplaceable),
     }
-    partial = out_dir / f".{MANIFEST}.partial"
-    partial.write_text(json.dumps(manifest, indent=1))
-    os.replace(partial, out_dir / MANIFEST)
-    return manifest
+    return write_shards(items, out_dir, sources=names, images_per_shard=images_per_shard, extra=extra)
 
 
 def main(argv: list[str] | None = None) -> int:

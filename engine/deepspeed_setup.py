@@ -49,7 +49,7 @@ def deepspeed_config(config: Config, *, total_steps: int, world_size: int) -> di
     """AdamW + warmup-cosine (DeepSpeed's WarmupCosineLR), ZeRO stage, precision and clipping."""
     train, optim = config.train, config.optim
     precision = resolve_precision(train.precision)
-    warmup = int(total_steps * optim.warmup_fraction)
+    warmup = max(1, int(total_steps * optim.warmup_fraction))  # DeepSpeed refuses 0 warmup steps
     return {
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": train.grad_accum,

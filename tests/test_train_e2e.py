@@ -213,3 +213,30 @@ def test_eval_cli_on_two_ranks_gives_the_single_process_numbers(uninterrupted_ru
         assert json.loads(parallel.read_text())["metrics"][key] == pytest.approx(
             json.loads(single.read_text())["metrics"][key], abs=1e-6
         )
+
+
+def test_fine_tune_on_a_benchmark_train_split_from_our_pretrained_model(uninterrupted_run: Path, workspace):
+    """The benchmark's train split packed with its pids (several images per identity), trained from the
+    pretrained run's exported model, evaluated on its val and test splits."""
+    from data.pack_benchmark import pack_benchmark
+
+    shards = workspace["root"] / "cuhk_train_shards"
+    manifest = pack_benchmark("cuhk-pedes", workspace["cuhk"], shards, images_per_shard=6)
+    assert (manifest["num_images"], manifest["identities"], manifest["num_captions"]) == (16, 8, 32)
+    run_dir = workspace["root"] / "finetune"
+    result = train_in_one_process(
+        workspace["config"],
+        run_dir,
+        f"data.shards={shards}",
+        f"model.pretrained={uninterrupted_run / 'final'}",
+        "nam.masking=none",
+        "train.epochs=2",
+    )
+    assert "1 rank(s), 4 batches/epoch" in result.stdout
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in lines if "eval" in r] == [
+        (e, s) for e in range(2) for s in ("val", "test")
+    ]
+    start = load_file(str(uninterrupted_run / "final" / "model.safetensors"))
+    tuned = load_file(str(run_dir / "final" / "model.safetensors"))
+    assert any(not torch.equal(start[k], tuned[k]) for k in start)  # it trained from the pretrained weights

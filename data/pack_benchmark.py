@@ -1,0 +1,74 @@
+"""Pack a benchmark's train split into training shards with the benchmark's pids, for fine-tuning.
+
+    python -m data.pack_benchmark --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing]
+
+The shards have the layout `data.pack` writes for LUPerson-MLLM, so training reads them unchanged; the
+difference is that several images share an identity, so SDM's positives are the benchmark's pids."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data.pack import ImageItem, write_shards
+from eval.benchmarks import DATASETS, BenchmarkError, load_split
+
+
+def pack_benchmark(
+    dataset: str,
+    root: str | Path,
+    out_dir: Path,
+    *,
+    split: str = "train",
+    images_per_shard: int = 1000,
+    skip_missing: bool = False,
+) -> dict:
+    data = load_split(dataset, root, split, skip_missing=skip_missing)
+    per_image: list[list[str]] = [[] for _ in data.image_paths]
+    for text, image_index in zip(data.captions, data.caption_image_indices, strict=True):
+        per_image[image_index].append(text)
+    sources = [f"caption{j}" for j in range(max(len(texts) for texts in per_image))]
+    items = [
+        ImageItem(path, pid, [(j, sources[j], text) for j, text in enumerate(texts)])
+        for path, pid, texts in zip(data.image_paths, data.image_pids, per_image, strict=True)
+    ]
+    extra = {
+        "benchmark": dataset,
+        "split": split,
+        "identities": len(set(data.image_pids)),
+        "missing_images": len(data.missing_images),
+    }
+    return write_shards(items, out_dir, sources=sources, images_per_shard=images_per_shard, extra=extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.pack_benchmark", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--images-per-shard", type=int, default=1000)
+    parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")
+    args = parser.parse_args(argv)
+    try:
+        manifest = pack_benchmark(
+            args.dataset,
+            args.root,
+            args.out,
+            split=args.split,
+            images_per_shard=args.images_per_shard,
+            skip_missing=args.skip_missing,
+        )
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"packed {manifest['num_images']} images of {manifest['identities']} identities, {manifest['num_captions']} "
+        f"captions into {len(manifest['shards'])} shards in {args.out} ({manifest['missing_images']} missing images skipped)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
