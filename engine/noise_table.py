@@ -48,7 +48,8 @@ class ShardedNoiseTable:
     def record(self, caption_ids: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor) -> None:
         """Keeps r (B, N) of the valid tokens of captions (B,) until the epoch boundary."""
         self._check_ids(caption_ids)
-        codes = quantise(noise.detach().cpu()).masked_fill(~valid.cpu(), UNSCORED)
+        # Device-to-host copy of one byte per token: the table lives in host memory, sized for millions of captions.
+        codes = quantise(noise.detach()).cpu().masked_fill(~valid.cpu(), UNSCORED)
         self.pending_ids.append(caption_ids.detach().cpu().long())
         self.pending_codes.append(codes)
 

@@ -262,14 +262,17 @@ def run_epoch(
         generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
         result = train_step(engine, batch, config, noise_table, epoch=epoch, generator=generator)
         state.batches_done = index + 1
-        window_loss += float(result["loss"])  # host sync: one scalar per step for the log
+        window_loss = window_loss + result["loss"]  # stays on the device; synced only at log points
         window_batches += 1
         window_unscored += result["unscored"]
         progress.update(1)
         boundary = engine.is_gradient_accumulation_boundary() or state.batches_done == batches_per_epoch
         step = engine.global_steps
         if state.batches_done % config.train.log_every_steps == 0 or state.batches_done == batches_per_epoch:
-            loss_sum, count, unscored = collectives.all_reduce_sum([window_loss, window_batches, window_unscored])
+            # host sync: once per log interval
+            loss_sum, count, unscored = collectives.all_reduce_sum(
+                [float(window_loss), window_batches, window_unscored]
+            )
             elapsed = time.perf_counter() - window_start
             record = {
                 "epoch": epoch,
