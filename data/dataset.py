@@ -10,66 +10,19 @@ import io
 import json
 import logging
 import random
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data.pack import IMAGE_SUFFIXES, MANIFEST
+from data.manifest import Manifest, ShardError
+from data.pack import IMAGE_SUFFIXES
 from data.transforms import train_transform
 from engine.config import AugmentConfig
 from engine.tokenizer import CLIPTokenizer
 
 log = logging.getLogger(__name__)
-
-
-class ShardError(ValueError):
-    """A shard folder or manifest that cannot be read; the message names it."""
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    path: Path
-    images: int
-    captions: int
-
-
-@dataclass(frozen=True)
-class Manifest:
-    root: Path
-    sources: list[str]
-    num_images: int
-    caption_id_space: int  # caption ids lie in [0, caption_id_space)
-    shards: list[ShardInfo]
-
-    @property
-    def first_images(self) -> list[int]:
-        """Index of each shard's first image: packing numbers images consecutively across shards."""
-        starts, total = [], 0
-        for shard in self.shards:
-            starts.append(total)
-            total += shard.images
-        return starts
-
-    @classmethod
-    def load(cls, root: str | Path) -> Manifest:
-        root = Path(root)
-        path = root / MANIFEST
-        if not path.is_file():
-            raise ShardError(f"no {MANIFEST} in shard folder {root} (pack the data first: python -m data.pack ...)")
-        try:
-            raw = json.loads(path.read_text())
-            shards = [ShardInfo(root / s["name"], int(s["images"]), int(s["captions"])) for s in raw["shards"]]
-            manifest = cls(root, list(raw["sources"]), int(raw["num_images"]), int(raw["caption_id_space"]), shards)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ShardError(f"manifest {path} is malformed: {error!r}") from None
-        missing = [s.path.name for s in shards if not s.path.is_file()]
-        if missing:
-            raise ShardError(f"{len(missing)} shard(s) listed in {path} are missing, first: {missing[0]}")
-        return manifest
 
 
 def _seed(*parts: int) -> int:

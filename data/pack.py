@@ -21,9 +21,9 @@ import webdataset as wds
 from tqdm import tqdm
 
 from data.captions import CaptionError, load_captions
+from data.manifest import MANIFEST
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
-MANIFEST = "manifest.json"
 LISTED_LIMIT = 100  # names listed in the manifest per problem kind; the counts are always complete
 
 

@@ -13,7 +13,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from data.dataset import CaptionSampleStream, Manifest, make_loader
+from data.dataset import CaptionSampleStream, make_loader
+from data.manifest import Manifest
 from engine import collectives
 from engine.checkpoint import export_model, load_checkpoint, mark_best, resolve_tag_dir, save_checkpoint
 from engine.config import Config, config_to_dict

@@ -11,7 +11,7 @@ import os
 import sys
 
 from data.captions import CaptionError
-from data.dataset import ShardError
+from data.manifest import ShardError
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
 from eval.benchmarks import BenchmarkError

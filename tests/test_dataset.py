@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.dataset import CaptionSampleStream, Manifest, ShardError, make_loader
+from data.dataset import CaptionSampleStream, make_loader
+from data.manifest import Manifest, ShardError
 from engine.config import AugmentConfig
 
 
