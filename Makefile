@@ -16,6 +16,7 @@ venv: $(STAMP)
 
 test: venv
 	bash .ci/install-chromium.sh  # headless Chromium renders the eval HTML page in a test (apt, as root)
+	bash .ci/install-slurm.sh  # slurmctld, slurmd, munge: tests/test_slurm.py runs sbatch on its own cluster (apt)
 	$(PY) -m pytest -q
 
 demo: venv

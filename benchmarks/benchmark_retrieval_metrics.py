@@ -10,19 +10,14 @@ process held once its features existed, so it is the metric's own memory."""
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import resource
 import time
 
 import torch
 
+from benchmarks.fresh_process import peak_rss_mb, run_in_fresh_process
 from eval.metrics import BYTES_PER_RANKED_ENTRY, retrieval_metrics, retrieval_metrics_from_features
 
 DIM = 512
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _case(queries: int, gallery: int, identities: int, full_matrix: bool, budget: int, results) -> None:
@@ -32,7 +27,7 @@ def _case(queries: int, gallery: int, identities: int, full_matrix: bool, budget
     gallery_feats = torch.randn(gallery, DIM, generator=generator)
     query_pids = torch.randint(0, identities, (queries,), generator=generator)
     gallery_pids = torch.randint(0, identities, (gallery,), generator=generator)
-    before = _peak_rss_mb()
+    before = peak_rss_mb()
     started = time.perf_counter()
     if full_matrix:
         similarity = (
@@ -43,17 +38,7 @@ def _case(queries: int, gallery: int, identities: int, full_matrix: bool, budget
         metrics = retrieval_metrics_from_features(
             query_feats, gallery_feats, query_pids, gallery_pids, memory_budget=budget
         )
-    results.put((time.perf_counter() - started, _peak_rss_mb() - before, metrics["R1"]))
-
-
-def run_case(*args) -> tuple[float, float, float]:
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=_case, args=(*args, results))
-    process.start()
-    outcome = results.get()
-    process.join()
-    return outcome
+    results.put((time.perf_counter() - started, peak_rss_mb() - before, metrics["R1"]))
 
 
 def main() -> None:
@@ -71,7 +56,7 @@ def main() -> None:
     print(f"{'case':<30} {'queries':>8} {'gallery':>9} {'seconds':>8} {'peak MB':>8}  (beyond the features)")
     measured = {}
     for name, queries, gallery, identities, full in cases:
-        seconds, peak_mb, _ = run_case(queries, gallery, identities, full, budget)
+        seconds, peak_mb, _ = run_in_fresh_process(_case, queries, gallery, identities, full, budget)
         measured[name] = (seconds, peak_mb)
         print(f"{name:<30} {queries:>8} {gallery:>9} {seconds:>8.2f} {peak_mb:>8.0f}", flush=True)
     full_s, full_mb = measured["CUHK-PEDES size, full matrix"]

@@ -54,7 +54,10 @@ def read_caption_file(path: Path) -> dict[str, str]:
     if not raw:
         raise CaptionError(f"caption file {path} holds no captions")
     # Keys may be paths (".../0001.jpg"); images are matched by file name.
-    return {Path(key).name: text for key, text in raw.items() if isinstance(text, str) and text.strip()}
+    usable = {Path(key).name: text for key, text in raw.items() if isinstance(text, str) and text.strip()}
+    if not usable:
+        raise CaptionError(f"caption file {path} lost every caption: all {len(raw)} are empty or not strings")
+    return usable
 
 
 def load_captions(paths: list[str | Path]) -> CaptionSet:
@@ -68,6 +71,9 @@ def load_captions(paths: list[str | Path]) -> CaptionSet:
     captions = {image: [texts.get(image) for texts in per_source] for image in images}
     caption_set = CaptionSet(sources=sources, captions=captions)
     _replace_dirty(caption_set)
+    for index, source in enumerate(sources):
+        if all(row[index] is None for row in captions.values()):
+            raise CaptionError(f"caption file {source.path} lost every caption: all are dirty and none replaceable")
     return caption_set
 
 

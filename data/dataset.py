@@ -1,8 +1,15 @@
-"""Stream training samples from webdataset shards: one sample per caption (the reference choice).
+"""Stream training batches from webdataset or MDS shards, resumable at any batch.
 
 Each epoch the shard list is shuffled from (seed, epoch) and dealt to the ranks (shards[rank::world]),
 then to the DataLoader workers, so a caption meets a different rank from epoch to epoch (the sharded
-noise table follows it). Everything is deterministic from (seed, epoch, rank, worker). Every sample is (image tensor, token ids, pid, global caption id)."""
+noise table follows it). A worker's samples form one sequence that depends only on (seed, epoch, rank,
+worker) and the shard contents; every batch carries its worker and the sequence position after it, so
+a checkpoint can say exactly where each worker stands (data/position.py) and a resumed worker skips to
+that position without decoding what it passes. Augmentations draw from a generator seeded per sample.
+
+Damaged data never stops the stream: a missing or truncated shard, a malformed record, an empty,
+undecodable or truncated image, an empty or non-UTF-8 caption is skipped, logged with its key and
+counted in the batch's `problems` (PROBLEMS order); a non-RGB image is converted and counted."""
 
 from __future__ import annotations
 
@@ -10,6 +17,8 @@ import io
 import json
 import logging
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import webdataset as wds
@@ -17,20 +26,99 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.manifest import Manifest, ShardError
-from data.pack import IMAGE_SUFFIXES
+from data.position import DONE, WorkerStart
+from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
 from data.transforms import train_transform
 from engine.config import AugmentConfig
 from engine.tokenizer import CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
+SAMPLING = ("every_caption", "one_caption_per_image")
+PROBLEMS = (
+    "missing_shard",  # counted per shard
+    "truncated_shard",  # per shard; the records before the damage are read
+    "malformed_record",  # unreadable meta, or captions that do not match it
+    "empty_image",
+    "undecodable_image",
+    "truncated_image",
+    "empty_caption",
+    "caption_not_utf8",
+    "non_rgb_converted",  # not skipped: converted to RGB
+)
+LOGGED_PER_KIND = 20  # warnings per worker, epoch and kind; the counts are always complete
+
+
+@dataclass(frozen=True)
+class CaptionSample:
+    key: str
+    image: bytes | None
+    text: str
+    pid: int
+    caption_id: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str
+    key: str
+
 
 def _seed(*parts: int) -> int:
     return hash(parts) & 0x7FFF_FFFF
 
 
+def expand(record: RawRecord, *, sampling: str, seed: int, epoch: int) -> Iterator[CaptionSample | Problem]:
+    """One record -> its caption samples (every caption, or one drawn from (seed, epoch, image)) and the
+    problems of its unusable captions. Images stay encoded until a sample is drawn."""
+    try:
+        meta = json.loads(record.meta)
+        texts = record.captions.split(b"\n")
+        entries = meta["captions"]
+        if len(texts) != len(entries):
+            raise ValueError(f"{len(texts)} caption lines for {len(entries)} captions")
+        pid = int(meta["pid"])
+    except (TypeError, AttributeError, KeyError, ValueError):  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        yield Problem("malformed_record", record.key)
+        return
+    good = []
+    for entry, raw in zip(entries, texts, strict=True):
+        try:
+            text = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            yield Problem("caption_not_utf8", f"{record.key}/{entry['caption_id']}")
+            continue
+        if not text:
+            yield Problem("empty_caption", f"{record.key}/{entry['caption_id']}")
+            continue
+        good.append(CaptionSample(record.key, record.image, text, pid, int(entry["caption_id"])))
+    if sampling == "one_caption_per_image" and good:
+        good = [random.Random(_seed(seed, epoch, int(meta.get("image_index", pid)))).choice(good)]
+    yield from good
+
+
+def decode_image(data: bytes | None) -> tuple[Image.Image | None, str | None]:
+    """(RGB image, None), (converted image, "non_rgb_converted") or (None, the problem)."""
+    if not data:
+        return None, "empty_image"
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (OSError, ValueError):  # PIL.UnidentifiedImageError is an OSError
+        return None, "undecodable_image"
+    try:
+        image.load()
+    except (OSError, ValueError, SyntaxError):
+        return None, "truncated_image"
+    if image.mode != "RGB":
+        return image.convert("RGB"), "non_rgb_converted"
+    return image, None
+
+
 class CaptionSampleStream(IterableDataset):
-    """Yields dicts with image (3, H, W) float32, ids (N,) int64, pid and caption_id (ints)."""
+    """Yields batches: image (B, 3, H, W) float32, ids (B, N) int64, pid and caption_id (B,) int64,
+    worker, end (the worker's sequence position after this batch) and problems (len(PROBLEMS),) int64;
+    each worker ends with a tail item {"tail": True, worker, end=DONE, problems, dropped} carrying the
+    counts after its last full batch and the size of the partial batch it dropped."""
 
     def __init__(
         self,
@@ -39,27 +127,35 @@ class CaptionSampleStream(IterableDataset):
         rank: int,
         world_size: int,
         num_workers: int,
+        batch_size: int,
         image_size: tuple[int, int],
         augment: AugmentConfig,
         context_length: int,
         seed: int,
         shuffle_buffer: int,
+        sampling: str = "every_caption",
+        remote: str | None = None,
     ) -> None:
         if len(manifest.shards) < world_size:
             raise ShardError(
                 f"{manifest.root} has {len(manifest.shards)} shards for {world_size} ranks; pack with fewer images per shard"
             )
-        self.manifest = manifest
+        if sampling not in SAMPLING:
+            raise ShardError(f"data.sampling must be one of {', '.join(SAMPLING)} (got {sampling!r})")
+        self.manifest, self.remote = manifest, remote
         self.rank, self.world_size = rank, world_size
         self.splits = max(1, num_workers)  # num_workers = 0 reads everything in the main process
+        self.batch_size = batch_size
         self.transform = train_transform(image_size, augment)
         self.tokenizer = CLIPTokenizer(context_length)
-        self.seed = seed
-        self.shuffle_buffer = shuffle_buffer
+        self.seed, self.shuffle_buffer, self.sampling = seed, shuffle_buffer, sampling
         self.epoch = 0
+        self.start = WorkerStart.fresh(self.splits)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start: WorkerStart | None = None) -> None:
+        """The epoch to stream, from the beginning or from a checkpointed position."""
         self.epoch = epoch
+        self.start = start or WorkerStart.fresh(self.splits)
 
     def shard_indices(self, epoch: int, rank: int) -> list[int]:
         """Indices into manifest.shards that `rank` reads in `epoch`."""
@@ -67,14 +163,15 @@ class CaptionSampleStream(IterableDataset):
         random.Random(_seed(self.seed, epoch, -1)).shuffle(order)
         return order[rank :: self.world_size]
 
-    def batches_per_epoch(self, batch_size: int, epoch: int) -> int:
-        """Full batches every rank can run in `epoch` (the minimum over ranks, computed alike on each rank);
-        each DataLoader worker drops its own last partial batch."""
+    def batches_per_epoch(self, epoch: int) -> int:
+        """Full batches every rank can run in `epoch` by the manifest (the minimum over ranks, alike on
+        each rank); damaged data can only make it fewer, which the ranks agree on as they go."""
+        per_shard = [s.images if self.sampling == "one_caption_per_image" else s.captions for s in self.manifest.shards]
 
         def rank_batches(rank: int) -> int:
             shards = self.shard_indices(epoch, rank)
-            per_worker = [shards[w :: self.splits] for w in range(self.splits)]
-            return sum(sum(self.manifest.shards[i].captions for i in part) // batch_size for part in per_worker)
+            parts = [shards[w :: self.splits] for w in range(self.splits)]
+            return sum(sum(per_shard[i] for i in part) // self.batch_size for part in parts)
 
         return min(rank_batches(rank) for rank in range(self.world_size))
 
@@ -88,56 +185,81 @@ class CaptionSampleStream(IterableDataset):
         ]
         return torch.cat(ranges) if ranges else torch.empty(0, dtype=torch.long)
 
-    def __iter__(self):
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        shards = [self.manifest.shards[i] for i in self.shard_indices(self.epoch, self.rank)[worker :: self.splits]]
+    def _records(self, shards: list[int]) -> Iterator[RawRecord | ShardProblem]:
+        mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
+        for index in shards:
+            info = self.manifest.shards[index]
+            yield from (mds.read(info.path.name) if mds else read_wds_shard(info.path))
+
+    def sequence(self, worker: int) -> Iterator[CaptionSample | Problem]:
+        """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker)."""
+        shards = self.shard_indices(self.epoch, self.rank)[worker :: self.splits]
         order = random.Random(_seed(self.seed, self.epoch, self.rank, worker))
         order.shuffle(shards)
-        # Augmentations draw from torch's global generator; seed it so a rerun sees the same samples.
-        torch.manual_seed(_seed(self.seed, self.epoch, self.rank, worker, 1))
-        read_records = wds.tarfile_to_samples(handler=wds.warn_and_continue)
-        records = read_records(iter([{"url": str(s.path)} for s in shards]))
+
+        def samples() -> Iterator[CaptionSample | Problem]:
+            for record in self._records(shards):
+                if isinstance(record, ShardProblem):
+                    yield Problem(record.kind, record.key)
+                else:
+                    yield from expand(record, sampling=self.sampling, seed=self.seed, epoch=self.epoch)
+
         shuffle = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=order)
-        samples = shuffle(self._expand(records))
-        for sample in samples:
-            image = self._decode(sample)
-            if image is not None:
-                yield {
-                    "image": self.transform(image),
-                    "ids": self.tokenizer(sample["text"])[0],
-                    "pid": sample["pid"],
-                    "caption_id": sample["caption_id"],
-                }
+        return shuffle(samples())
 
-    @staticmethod
-    def _expand(records):
-        """One record per image -> one sample per caption; images stay encoded until drawn."""
-        for record in records:
-            try:
-                meta = json.loads(record["json"])
-                image_bytes = next(record[k] for k in set(IMAGE_SUFFIXES.values()) if k in record)
-            except (KeyError, StopIteration, json.JSONDecodeError, UnicodeDecodeError):
-                log.warning("skipping malformed record %s in %s", record.get("__key__"), record.get("__url__"))
+    def __iter__(self):
+        info = get_worker_info()
+        worker = self.start.logical_worker(info.id if info is not None else 0)
+        start, seen = self.start.positions[worker], self.start.seen
+        if start == DONE:  # this worker's tail was consumed before the checkpoint
+            return
+        batch: list[dict] = []
+        problems = torch.zeros(len(PROBLEMS), dtype=torch.long)
+        logged = torch.zeros(len(PROBLEMS), dtype=torch.long)
+
+        def note(kind: str, key: str) -> None:
+            index = PROBLEMS.index(kind)
+            problems[index] += 1
+            logged[index] += 1
+            if logged[index] <= LOGGED_PER_KIND:
+                log.warning("data: %s at %s (epoch %d, rank %d)", kind, key, self.epoch, self.rank)
+
+        for position, item in enumerate(self.sequence(worker)):
+            if position < start:  # resuming: already trained on before the checkpoint; not decoded
                 continue
-            for caption in meta["captions"]:
-                yield {
-                    "key": record["__key__"],
-                    "image_bytes": image_bytes,
-                    "text": caption["text"],
-                    "pid": meta["pid"],
-                    "caption_id": caption["caption_id"],
+            if isinstance(item, Problem):
+                note(item.kind, item.key)
+                continue
+            if seen is not None and seen[item.caption_id]:  # trained on before a resume onto another layout
+                continue
+            image, problem = decode_image(item.image)
+            if problem:
+                note(problem, item.key)
+            if image is None:
+                continue
+            # Augmentation replays on resume. Only the CPU generator: torch.manual_seed would also queue a
+            # lazy CUDA seeding with a captured stack trace, costing milliseconds per sample.
+            torch.random.default_generator.manual_seed(_seed(self.seed, self.epoch, item.caption_id))
+            batch.append(
+                {
+                    "image": self.transform(image),
+                    "ids": self.tokenizer(item.text)[0],
+                    "pid": item.pid,
+                    "caption_id": item.caption_id,
                 }
+            )
+            if len(batch) == self.batch_size:
+                yield {
+                    **torch.utils.data.default_collate(batch),
+                    "worker": worker,
+                    "end": position + 1,
+                    "problems": problems.clone(),
+                }
+                batch = []
+                problems.zero_()
+        yield {"tail": True, "worker": worker, "end": DONE, "problems": problems.clone(), "dropped": len(batch)}
 
-    @staticmethod
-    def _decode(sample: dict) -> Image.Image | None:
-        try:
-            with Image.open(io.BytesIO(sample["image_bytes"])) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError):
-            log.warning("skipping undecodable image in sample %s", sample["key"])
-            return None
 
-
-def make_loader(stream: CaptionSampleStream, *, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, drop_last=True, persistent_workers=False)
+def make_loader(stream: CaptionSampleStream, *, num_workers: int) -> DataLoader:
+    """Batches come from the workers in turn (in order), which is what lets a resume replay the order."""
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+MDS_INDEX = "index.json"
+
+log = logging.getLogger(__name__)
 
 
 class ShardError(ValueError):
@@ -40,9 +45,12 @@ class Manifest:
         return starts
 
     @classmethod
-    def load(cls, root: str | Path) -> Manifest:
+    def load(cls, root: str | Path, remote: str | None = None) -> Manifest:
+        """Reads ROOT/manifest.json; with `remote` (MDS), ROOT is the local cache, filled from remote."""
         root = Path(root)
         path = root / MANIFEST
+        if remote is not None:
+            fetch(remote, root, MANIFEST)
         if not path.is_file():
             raise ShardError(f"no {MANIFEST} in shard folder {root} (pack the data first: python -m data.pack ...)")
         try:
@@ -60,7 +68,27 @@ class Manifest:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ShardError(f"manifest {path} is malformed: {error!r}") from None
-        missing = [s.path.name for s in shards if not s.path.is_file()]
-        if missing:
-            raise ShardError(f"{len(missing)} shard(s) listed in {path} are missing, first: {missing[0]}")
+        if manifest.format == "mds" and remote is not None:
+            fetch(remote, root, MDS_INDEX)
+            return manifest  # shards come from the remote when first read
+        missing = [s.path.name for s in shards if not s.path.exists()]
+        if len(missing) == len(shards):
+            raise ShardError(f"all {len(shards)} shards listed in {path} are missing, first: {missing[0]}")
+        if missing:  # the readers skip and count them every epoch
+            log.warning("%d shard(s) listed in %s are missing, first: %s", len(missing), path, missing[0])
         return manifest
+
+
+def fetch(remote: str, local: Path, name: str) -> None:
+    """Copies remote/name into the local cache unless present (any scheme mosaicml-streaming downloads)."""
+    target = local / name
+    if target.is_file():
+        return
+    from streaming.base.storage.download import CloudDownloader
+
+    partial = local / f".{name}.{os.getpid()}.partial"  # ranks sharing a cache each write their own
+    try:
+        CloudDownloader.direct_download(f"{remote.rstrip('/')}/{name}", str(partial), timeout=120)
+    except Exception as error:
+        raise ShardError(f"cannot fetch {name} from {remote}: {error}") from None
+    os.replace(partial, target)

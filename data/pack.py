@@ -1,11 +1,13 @@
-"""Pack an image folder and LUPerson-MLLM caption files into webdataset shards plus a manifest.
+"""Pack an image folder and LUPerson-MLLM caption files into webdataset or MDS shards plus a manifest.
 
     python -m data.pack --images DIR --captions Ts-qwen.json Ts-shikra.json Td-qwen.json Td-shikra.json \
-        --out DIR [--images-per-shard 1000]
+        --out DIR [--format wds|mds] [--shard-size 256MB | --images-per-shard N] [--workers 4]
 
-One record per image: the original image bytes and a JSON with its pid, file name and captions, each
-with its source and a stable global caption id (image index * num_sources + source index; for
-LUPerson the image index is the pid, as every image is its own identity)."""
+One record per image (data/records.py): the original image bytes, its captions, and for each caption its
+source and a stable global caption id (image index * num_sources + source index; for LUPerson the image
+index is the pid, as every image is its own identity). Shards are written in parallel, each atomically,
+with a `.done` note beside it; rerunning the same command on an interrupted output packs only the
+shards still missing. manifest.json (counts, shard list, sha256 checksums) is written last."""
 
 from __future__ import annotations
 
@@ -14,25 +16,20 @@ import hashlib
 import json
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import webdataset as wds
 from tqdm import tqdm
 
 from data.captions import CaptionError, load_captions
 from data.manifest import MANIFEST
+from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 LISTED_LIMIT = 100  # names listed in the manifest per problem kind; the counts are always complete
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+PLAN = ".pack_plan.json"
+UNITS = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "b": 1}
 
 
 @dataclass(frozen=True)
@@ -44,42 +41,127 @@ class ImageItem:
     captions: list[tuple[int, str, str]]  # (source index, source name, text)
 
 
-def _record(image_index: int, item: ImageItem, num_sources: int) -> dict:
+def parse_size(text: str) -> int:
+    """'256MB' -> bytes."""
+    lowered = text.strip().lower()
+    for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
+        if lowered.endswith(unit) and lowered[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(lowered[: -len(unit)]) * factor)
+    if lowered.isdigit():
+        return int(lowered)
+    raise ValueError(f"--shard-size must look like 256MB or 1GB (got {text!r})")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(image_index: int, item: ImageItem, num_sources: int) -> PackedRecord:
     """Caption ids are image_index * num_sources + source index: stable, dense and known from the manifest."""
     captions = [
-        {"text": text, "source": source, "caption_id": image_index * num_sources + source_index}
-        for source_index, source, text in item.captions
+        {"source": source, "caption_id": image_index * num_sources + source_index}
+        for source_index, source, _ in item.captions
     ]
-    meta = {"pid": item.pid, "image": item.path.name, "captions": captions}
+    texts = [" ".join(text.split()).encode() for _, _, text in item.captions]  # one line per caption
+    meta = {"pid": item.pid, "image": item.path.name, "image_index": image_index, "captions": captions}
     suffix = IMAGE_SUFFIXES[item.path.suffix.lower()]
-    return {"__key__": f"{image_index:09d}", suffix: item.path.read_bytes(), "json": meta}
+    return PackedRecord(f"{image_index:09d}", item.path.read_bytes(), suffix, meta, texts)
 
 
-def _write_shard(out_dir: Path, index: int, items: list[ImageItem], first_image: int, num_sources: int) -> dict:
-    name = f"shard-{index:06d}.tar"
-    partial = out_dir / f".{name}.partial"
-    with partial.open("wb") as handle, wds.TarWriter(handle) as writer:
-        for offset, item in enumerate(items):
-            writer.write(_record(first_image + offset, item, num_sources))
-    os.replace(partial, out_dir / name)  # a shard is either complete or absent
-    captions = sum(len(item.captions) for item in items)
-    return {"name": name, "images": len(items), "captions": captions, "sha256": _sha256(out_dir / name)}
+def _pack_one_shard(out_dir: Path, index: int, items: list[ImageItem], first: int, sources: int, fmt: str) -> dict:
+    name = shard_name(index, fmt)
+    write_shard(out_dir / name, [_record(first + k, item, sources) for k, item in enumerate(items)], fmt)
+    info = {
+        "name": name,
+        "images": len(items),
+        "captions": sum(len(item.captions) for item in items),
+        "sha256": _sha256(out_dir / name),
+    }
+    done = out_dir / f".{name}.done"
+    Path(f"{done}.tmp").write_text(json.dumps(info))
+    os.replace(f"{done}.tmp", done)
+    return info
+
+
+def plan_shards(items: list[ImageItem], *, images_per_shard: int | None, shard_bytes: int | None) -> list[int]:
+    """First item index of each shard: fixed image counts, or image bytes accumulated up to a target size."""
+    if images_per_shard:
+        return list(range(0, len(items), images_per_shard))
+    starts, size = [0], 0
+    for index, item in enumerate(items):
+        item_size = item.path.stat().st_size + 512 * 4  # tar headers of the image, json and txt entries
+        if size and size + item_size > shard_bytes:
+            starts.append(index)
+            size = 0
+        size += item_size
+    return starts
+
+
+def _fingerprint(items: list[ImageItem], starts: list[int], sources: list[str], fmt: str) -> str:
+    digest = hashlib.sha256(json.dumps([fmt, sources, starts]).encode())
+    for item in items:
+        digest.update(json.dumps([item.path.name, item.pid, item.captions]).encode())
+    return digest.hexdigest()
+
+
+def _resume_point(out_dir: Path, fingerprint: str) -> dict[str, dict]:
+    """Shards already packed by an interrupted run of the same command (by their .done notes)."""
+    plan = out_dir / PLAN
+    if plan.is_file():
+        if json.loads(plan.read_text()).get("fingerprint") != fingerprint:
+            raise CaptionError(f"{out_dir} holds a packing of other inputs or options; choose a new --out or delete it")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plan.write_text(json.dumps({"fingerprint": fingerprint}))
+    done = {}
+    for note in out_dir.glob(".shard-*.done"):
+        info = json.loads(note.read_text())
+        if (out_dir / info["name"]).exists():
+            done[info["name"]] = info
+    return done
 
 
 def write_shards(
-    items: list[ImageItem], out_dir: Path, *, sources: list[str], images_per_shard: int, extra: dict
+    items: list[ImageItem],
+    out_dir: Path,
+    *,
+    sources: list[str],
+    images_per_shard: int | None = None,
+    shard_bytes: int | None = None,
+    extra: dict,
+    fmt: str = "wds",
+    workers: int = 1,
 ) -> dict:
-    """Shards of `images_per_shard` images and the manifest (written last, atomically); returns the manifest."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
-    progress = tqdm(total=len(items), desc="packing", unit="img", mininterval=2.0)
-    for index, start in enumerate(range(0, len(items), images_per_shard)):
-        chunk = items[start : start + images_per_shard]
-        shards.append(_write_shard(out_dir, index, chunk, start, len(sources)))
-        progress.update(len(chunk))
+    """Shards (in parallel, resuming an interrupted run) and the manifest, written last; returns the manifest."""
+    if fmt not in FORMATS:
+        raise CaptionError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    starts = plan_shards(items, images_per_shard=images_per_shard, shard_bytes=shard_bytes or 256 << 20)
+    done = _resume_point(out_dir, _fingerprint(items, starts, sources, fmt))
+    ends = starts[1:] + [len(items)]
+    todo = [(i, s, e) for i, (s, e) in enumerate(zip(starts, ends, strict=True)) if shard_name(i, fmt) not in done]
+    if done:
+        print(f"resuming: {len(done)} of {len(starts)} shards already packed in {out_dir}", flush=True)
+    progress = tqdm(total=len(items), initial=len(items) - sum(e - s for _, s, e in todo), desc="packing", unit="img")
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {
+            pool.submit(_pack_one_shard, out_dir, i, items[s:e], s, len(sources), fmt): e - s for i, s, e in todo
+        }
+        for future in as_completed(futures):
+            info = future.result()
+            done[info["name"]] = info
+            progress.update(futures[future])
     progress.close()
+    shards = [done[shard_name(i, fmt)] for i in range(len(starts))]
+    if fmt == "mds":
+        merge_mds_index(out_dir, [s["name"] for s in shards])
     manifest = {
-        "format": "wds",
+        "format": fmt,
         "sources": sources,
         "num_images": len(items),
         "num_captions": sum(s["captions"] for s in shards),
@@ -93,7 +175,16 @@ def write_shards(
     return manifest
 
 
-def pack(images_dir: Path, caption_files: list[Path], out_dir: Path, *, images_per_shard: int = 1000) -> dict:
+def pack(
+    images_dir: Path,
+    caption_files: list[Path],
+    out_dir: Path,
+    *,
+    images_per_shard: int | None = 1000,
+    shard_bytes: int | None = None,
+    fmt: str = "wds",
+    workers: int = 1,
+) -> dict:
     if not images_dir.is_dir():
         raise CaptionError(f"image folder not found: {images_dir}")
     caption_set = load_captions(caption_files)
@@ -120,7 +211,16 @@ def pack(images_dir: Path, caption_files: list[Path], out_dir: Path, *, images_p
         "dirty_captions_replaced": len(caption_set.dirty_replaced),
         "dirty_captions_dropped": len(caption_set.dirty_unreplaceable),
     }
-    return write_shards(items, out_dir, sources=names, images_per_shard=images_per_shard, extra=extra)
+    return write_shards(
+        items,
+        out_dir,
+        sources=names,
+        images_per_shard=images_per_shard,
+        shard_bytes=shard_bytes,
+        extra=extra,
+        fmt=fmt,
+        workers=workers,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,21 +228,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--captions", type=Path, nargs="+", required=True, help="caption JSON files")
     parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
-    parser.add_argument("--format", choices=["wds"], default="wds", help="shard format (webdataset tar)")
-    parser.add_argument("--images-per-shard", type=int, default=1000)
+    parser.add_argument("--format", choices=FORMATS, default="wds", help="webdataset tar or mosaicml-streaming MDS")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--shard-size", default=None, help="target shard size, e.g. 256MB (the default)")
+    size.add_argument("--images-per-shard", type=int, default=None, help="a fixed number of images per shard")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel shard writers")
     args = parser.parse_args(argv)
-    if args.images_per_shard <= 0:
+    if args.images_per_shard is not None and args.images_per_shard <= 0:
         parser.error(f"--images-per-shard must be > 0 (got {args.images_per_shard})")
     try:
-        manifest = pack(args.images, args.captions, args.out, images_per_shard=args.images_per_shard)
-    except CaptionError as error:
+        shard_bytes = parse_size(args.shard_size) if args.shard_size else None
+        manifest = pack(
+            args.images,
+            args.captions,
+            args.out,
+            images_per_shard=args.images_per_shard,
+            shard_bytes=shard_bytes,
+            fmt=args.format,
+            workers=args.workers,
+        )
+    except (CaptionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"packed {manifest['num_images']} images, {manifest['num_captions']} captions into "
-        f"{len(manifest['shards'])} shards in {args.out}; dirty captions replaced: {manifest['dirty_captions_replaced']}, "
-        f"dropped: {manifest['dirty_captions_dropped']}; images without captions: "
-        f"{manifest['images_without_captions']['count']}; captions without images: {manifest['captions_without_images']['count']}"
+        f"{len(manifest['shards'])} {args.format} shards in {args.out}; dirty captions replaced: "
+        f"{manifest['dirty_captions_replaced']}, dropped: {manifest['dirty_captions_dropped']}; images without "
+        f"captions: {manifest['images_without_captions']['count']}; captions without images: "
+        f"{manifest['captions_without_images']['count']}"
     )
     return 0
 

@@ -3,7 +3,9 @@
     python -m data.pack_benchmark --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing]
 
 The shards have the layout `data.pack` writes for LUPerson-MLLM, so training reads them unchanged; the
-difference is that several images share an identity, so SDM's positives are the benchmark's pids."""
+difference is that several images share an identity, so SDM's positives are the benchmark's pids. The pids are
+stored as contiguous labels 0..K-1 (the k-th smallest benchmark pid becomes k) and the manifest records
+`num_identities` K, the classes of IRRA's identity loss (`loss.id_weight`)."""
 
 from __future__ import annotations
 
@@ -29,14 +31,16 @@ def pack_benchmark(
     for text, image_index in zip(data.captions, data.caption_image_indices, strict=True):
         per_image[image_index].append(text)
     sources = [f"caption{j}" for j in range(max(len(texts) for texts in per_image))]
+    labels = {pid: label for label, pid in enumerate(sorted(set(data.image_pids)))}  # ICFG/RSTP pids have gaps
     items = [
-        ImageItem(path, pid, [(j, sources[j], text) for j, text in enumerate(texts)])
+        ImageItem(path, labels[pid], [(j, sources[j], text) for j, text in enumerate(texts)])
         for path, pid, texts in zip(data.image_paths, data.image_pids, per_image, strict=True)
     ]
     extra = {
         "benchmark": dataset,
         "split": split,
-        "identities": len(set(data.image_pids)),
+        "identities": len(labels),
+        "num_identities": len(labels),  # what data.manifest.Manifest reads
         "missing_images": len(data.missing_images),
     }
     return write_shards(items, out_dir, sources=sources, images_per_shard=images_per_shard, extra=extra)

@@ -3,8 +3,9 @@ atomically through the `latest` file only once every rank has finished writing.
 
 Layout of RUN_DIR/checkpoints/<tag>/:
   DeepSpeed's model and optimizer states (written by engine.save_checkpoint)
-  rank00000_state.safetensors   that rank's part of the noise table and its torch RNG state
-  model.safetensors             fp32 weights of the dual encoder, for eval and export (rank 0)
+  rank00000_state.safetensors   that rank's part of the noise table, its data position and torch RNG state
+  model.safetensors             fp32 weights of the dual encoder, for eval and export (rank 0); training-only
+                                heads (IRRA's ID and MLM) are in DeepSpeed's files only
   model_config.json             the ModelConfig and tap layer that rebuild it
   train_state.json              epoch, batches done in that epoch, optimizer step
 """
@@ -19,11 +20,13 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from engine import collectives
 from engine.config import ConfigError, ModelConfig, _build, config_to_dict
 from engine.model import CLIPDualEncoder
 from engine.noise_table import ShardedNoiseTable
+from engine.training_model import dual_encoder
 
 LATEST = "latest"
 BEST = "best.json"  # {"tag", "eval", "split", "R1"}: the checkpoint with the best validation R1
@@ -52,8 +55,10 @@ def _rank_state_file(tag_dir: Path, rank: int) -> Path:
     return tag_dir / f"rank{rank:05d}_state.safetensors"
 
 
-def export_model(model: CLIPDualEncoder, out_dir: Path, model_config: ModelConfig, tap_layer: int) -> None:
-    """fp32 safetensors weights plus the config that rebuilds the model without any pretrained file."""
+def export_model(model: nn.Module, out_dir: Path, model_config: ModelConfig, tap_layer: int) -> None:
+    """fp32 safetensors weights plus the config that rebuilds the model without any pretrained file. Only the dual
+    encoder is written: training heads around it are left out."""
+    model = dual_encoder(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(out_dir / MODEL_FILE, {k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     described = config_to_dict(model_config) | {"pretrained": None}
@@ -70,6 +75,7 @@ def save_checkpoint(
     model_config: ModelConfig,
     tap_layer: int,
     keep: int,
+    data_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Every rank calls this at the same step; returns the tag folder."""
     tag_dir = checkpoint_dir / tag
@@ -78,6 +84,7 @@ def save_checkpoint(
     rank_state = {f"noise_table.{k}": v for k, v in noise_table.state_dict().items()} | {
         "torch_rng": torch.get_rng_state()
     }
+    rank_state |= {f"data.{k}": v for k, v in (data_state or {}).items()}
     _atomic_save_tensors(_rank_state_file(tag_dir, rank), rank_state)
     if rank == 0:
         export_model(engine.module, tag_dir, model_config, tap_layer)
@@ -90,10 +97,18 @@ def save_checkpoint(
     return tag_dir
 
 
+def _training_position(tag_dir: Path) -> tuple[int, int]:
+    """(epoch, batches done): the order checkpoints were written in, whatever their tags are called."""
+    state = json.loads((tag_dir / TRAIN_STATE_FILE).read_text())
+    return int(state["epoch"]), int(state["batches_done"])
+
+
 def _prune(checkpoint_dir: Path, *, keep: int, current: str) -> None:
     """Removes the oldest checkpoints beyond `keep`; the current and the best one always stay."""
     best = json.loads((checkpoint_dir / BEST).read_text())["tag"] if (checkpoint_dir / BEST).is_file() else None
-    tags = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / TRAIN_STATE_FILE).is_file())
+    tags = sorted(
+        (p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / TRAIN_STATE_FILE).is_file()), key=_training_position
+    )
     for old in [p for p in tags if p.name not in (current, best)][: max(0, len(tags) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -123,9 +138,17 @@ def resolve_tag_dir(path: str | Path) -> Path:
     return path
 
 
-def _noise_table_part(rank_file: Path) -> dict[str, torch.Tensor]:
-    prefix = "noise_table."
+def _part(rank_file: Path, prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix) :]: v for k, v in load_file(str(rank_file)).items() if k.startswith(prefix)}
+
+
+def _noise_table_part(rank_file: Path) -> dict[str, torch.Tensor]:
+    return _part(rank_file, "noise_table.")
+
+
+def load_data_positions(tag_dir: Path, ranks: list[int]) -> list[dict[str, torch.Tensor]]:
+    """The data-stream positions that `ranks` saved in this checkpoint (empty dicts where none was saved)."""
+    return [_part(_rank_state_file(tag_dir, r), "data.") for r in ranks]
 
 
 def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> dict:
@@ -133,8 +156,17 @@ def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> di
 
     On the world size that wrote it, every rank gets its own part back, mid-epoch state included. On
     another world size each rank takes the rows it now owns from every old rank's file; the caller then
-    restarts the interrupted epoch and refreshes what the ranks read in it."""
-    loaded_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    runs the rest of the interrupted epoch in a new order and refreshes what the ranks read in it."""
+    try:
+        loaded_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except RuntimeError as error:
+        if "state_dict" not in str(error):
+            raise
+        found = " ".join(str(error).split("\n", 1)[-1].split())  # torch's missing / unexpected key lists
+        raise CheckpointError(
+            f"checkpoint {tag_dir} holds other parameters than this run's model (were loss.id_weight, "
+            f"loss.mlm_weight or model.* changed?): {found[:300]}"
+        ) from None
     if loaded_path is None or client_state is None:
         raise CheckpointError(f"DeepSpeed could not load the checkpoint at {tag_dir}")
     train_state = client_state["train_state"]
@@ -153,8 +185,8 @@ def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> di
     if collectives.rank() == 0:
         print(
             f"note: checkpoint {tag_dir} was written by {train_state['world_size']} ranks, this run has "
-            f"{collectives.world_size()}: the noise table is re-sharded and epoch {train_state['epoch']} restarts "
-            "from its first batch in a new order",
+            f"{collectives.world_size()}: the noise table is re-sharded and the rest of epoch {train_state['epoch']} "
+            "runs in a new order",
             flush=True,
         )
     return train_state

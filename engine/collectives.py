@@ -51,6 +51,28 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return tensor.tolist()  # host sync: only at logging points
 
 
+_CONTROL_GROUP = None
+
+
+def _control_group():
+    """A gloo group for tiny host-side agreements, so that they never wait on the GPU stream."""
+    global _CONTROL_GROUP
+    if dist.get_backend() == "gloo":
+        return dist.group.WORLD
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = dist.new_group(backend="gloo")  # every rank reaches its first agreement together
+    return _CONTROL_GROUP
+
+
+def all_ranks(flag: bool) -> bool:
+    """True when `flag` holds on every rank: one all-reduce of one CPU integer."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int32)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_control_group())
+    return bool(value.item())  # CPU tensor: no device sync
+
+
 def _communication_device() -> torch.device:
     """nccl only moves CUDA tensors; gloo moves CPU tensors."""
     if dist.get_backend() == "nccl":

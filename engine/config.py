@@ -73,12 +73,18 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    shards: str = "data/luperson_mllm_shards"  # directory holding manifest.json and the .tar shards
+    shards: str = "data/luperson_mllm_shards"  # folder holding manifest.json and the shards (wds or MDS)
+    remote: str | None = None  # MDS only: where shards live (s3://..., gs://..., a path); `shards` is the local cache
     num_workers: int = 2  # DataLoader workers per rank
     shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
+    sampling: str = "every_caption"  # every caption its own sample (reference) | one_caption_per_image per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if self.sampling not in ("every_caption", "one_caption_per_image"):
+            raise ConfigError(
+                f"data.sampling must be one of every_caption, one_caption_per_image (got {self.sampling!r})"
+            )
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0 (got {self.num_workers})")
         if self.shuffle_buffer < 1:
@@ -108,14 +114,29 @@ class NamConfig:
 
 @dataclass
 class LossConfig:
-    """SDM loss (METHOD.md §5)."""
+    """SDM (METHOD.md §5), plus IRRA's identity and cross-modal MLM losses for fine-tuning (§6), off by default:
+    the total is sdm + id_weight * id + mlm_weight * mlm."""
 
     temperature: float = 0.02  # tau; logit scale 1/tau = 50, fixed
     eps: float = 1e-8
+    id_weight: float = 0.0  # identity classification, one Linear(embed_dim, identities) for both modalities; 0 = off
+    mlm_weight: float = 0.0  # MLM through a cross-modal encoder; 0 = off (it hurt pretraining: paper Table 2)
+    mlm_prob: float = 0.15  # share of a caption's valid tokens drawn for MLM (80% <|mask|>, 10% random, 10% kept)
+    mlm_depth: int = 4  # IRRA's cmt_depth: blocks after the text-to-image cross-attention, width model.embed_dim
+    # IRRA's released code also feeds the MLM-masked caption to SDM and ID (anosorae/IRRA#13), and its published
+    # numbers come from that; false = its paper's design: SDM and ID see the caption that nam.masking gives.
+    mlm_shared_caption: bool = True
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0 (got {self.temperature})")
+        for name in ("id_weight", "mlm_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, 0 turns it off (got {getattr(self, name)})")
+        if not 0.0 < self.mlm_prob <= 1.0:
+            raise ConfigError(f"loss.mlm_prob must be in (0, 1] (got {self.mlm_prob})")
+        if self.mlm_depth < 1:
+            raise ConfigError(f"loss.mlm_depth must be >= 1 (got {self.mlm_depth})")
 
 
 @dataclass
@@ -126,6 +147,7 @@ class OptimConfig:
     warmup_fraction: float = 0.05  # share of all optimizer steps spent warming up linearly
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # global gradient norm; 0 disables
+    head_lr_factor: float = 5.0  # lr multiple for the randomly initialised ID/MLM heads (IRRA's lr_factor)
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -134,6 +156,8 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_fraction must be in [0, 1) (got {self.warmup_fraction})")
         if self.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0 (got {self.grad_clip})")
+        if self.head_lr_factor <= 0:
+            raise ConfigError(f"optim.head_lr_factor must be > 0 (got {self.head_lr_factor})")
 
 
 @dataclass
@@ -149,9 +173,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_steps: int = 0  # stop (and checkpoint) after this many optimizer steps; 0 = run all epochs
     log_every_steps: int = 10
+    # A collective waiting longer than this fails the job instead of hanging it (a lost or stuck rank). It must
+    # outlast what one rank does while the others wait: rank 0's checkpoint export, the eval ranking.
+    collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "log_every_steps"):
+        limits = ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "log_every_steps", "collective_timeout_s")
+        for name in limits:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
         if self.zero_stage not in (0, 1, 2):
@@ -186,6 +214,21 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where rank 0's metrics go besides RUN_DIR/metrics.jsonl (engine/metrics_log.py)."""
+
+    # wandb: offline (a local run under RUN_DIR/wandb; `wandb sync` uploads it) | online (after `wandb login` or
+    # with WANDB_API_KEY) | disabled. WANDB_MODE in the environment wins, as everywhere in wandb.
+    wandb: str = "offline"
+    wandb_project: str = "tbps-mllm"
+    wandb_entity: str | None = None  # team or user; None = the default entity of the logged-in account
+
+    def __post_init__(self) -> None:
+        if self.wandb not in ("offline", "online", "disabled"):
+            raise ConfigError(f"log.wandb must be one of offline, online, disabled (got {self.wandb!r})")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -194,12 +237,24 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
         if self.nam.tap_layer > min(self.model.vision_layers, self.model.text_layers):
             raise ConfigError(
                 f"nam.tap_layer {self.nam.tap_layer} exceeds the encoders' depth "
                 f"({self.model.vision_layers} vision, {self.model.text_layers} text layers)"
+            )
+        if self.loss.mlm_weight > 0 and self.loss.mlm_shared_caption and self.nam.masking != "none":
+            raise ConfigError(
+                f"loss.mlm_shared_caption feeds the MLM-masked caption to SDM as IRRA's code does, so nam.masking must "
+                f"be none (got {self.nam.masking!r}); set loss.mlm_shared_caption=false to keep it"
+            )
+        mlm_heads = max(1, self.model.embed_dim // 64)  # IRRA: one head per 64 channels
+        if self.loss.mlm_weight > 0 and self.model.embed_dim % mlm_heads:
+            raise ConfigError(
+                f"model.embed_dim {self.model.embed_dim} must be divisible by the MLM encoder's {mlm_heads} heads "
+                "(embed_dim // 64) when loss.mlm_weight > 0"
             )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import deepspeed
 import torch
+import torch.distributed as dist
 from deepspeed.accelerator import get_accelerator
 
+from engine import liveness
 from engine.config import Config
 
 
@@ -18,8 +21,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def init_distributed() -> None:
-    """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1."""
+def init_distributed(*, collective_timeout_s: float | None = None, heartbeat: bool = False) -> None:
+    """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1.
+
+    A collective that waits longer than `collective_timeout_s` (None: torch's default) fails instead of
+    hanging the job. With `heartbeat`, a rank that dies is named (engine/liveness.py); the caller then
+    leaves through `shutdown_distributed`."""
     if "RANK" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
@@ -29,9 +36,22 @@ def init_distributed() -> None:
         ranks_here = int(os.environ.get("LOCAL_SIZE", os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks_here))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    timeout = {} if collective_timeout_s is None else {"timeout": timedelta(seconds=collective_timeout_s)}
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, **timeout)
+    if heartbeat:
+        liveness.start_heartbeat(give_up_after_s=timeout.get("timeout", dist.default_pg_timeout).total_seconds())
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown_distributed(*, clean: bool) -> None:
+    """Stops the heartbeat and leaves the process group. `clean` means every rank got here together: a
+    barrier then makes sure that no heartbeat still talks to rank 0's store when rank 0 exits."""
+    liveness.stop_heartbeat()
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def device() -> torch.device:

@@ -1,7 +1,9 @@
-"""Similarity distribution matching (SDM), the pretraining loss of METHOD.md §5.
+"""Similarity distribution matching (SDM), the pretraining loss of METHOD.md §5, and IRRA's identity and MLM
+losses for fine-tuning (§6).
 
-Pure function of the (already gathered) global batch: the distributed gather lives in
-`engine.collectives`, so that this file is the math and nothing else."""
+Pure functions of their inputs: SDM takes the (already gathered) global batch, the distributed gather lives in
+`engine.collectives`, so that this file is the math and nothing else. The identity and MLM losses are
+per-sample means over the local batch; DeepSpeed's gradient averaging makes them the global batch's mean."""
 
 from __future__ import annotations
 
@@ -40,3 +42,34 @@ def sdm_loss(
         return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
     return matching_term(logits_i2t) + matching_term(logits_i2t.t())
+
+
+def id_loss(image_logits: torch.Tensor, text_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """IRRA's identity loss (its `compute_id`): (CE(image_logits, labels) + CE(text_logits, labels)) / 2.
+
+    image_logits, text_logits (B, K) from the one classifier shared by both modalities; labels (B,) in [0, K)."""
+    if image_logits.shape != text_logits.shape or image_logits.dim() != 2:
+        raise ValueError(
+            f"id_loss needs image and text logits of equal shape (B, K); got {tuple(image_logits.shape)} and {tuple(text_logits.shape)}"
+        )
+    return (F.cross_entropy(image_logits.float(), labels) + F.cross_entropy(text_logits.float(), labels)) / 2
+
+
+def mlm_loss(logits: torch.Tensor, ids: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the original ids at the drawn (masked) positions only: -mean_{drawn} log p(id).
+
+    ids (B, N) the uncorrupted caption, drawn (B, N) bool; logits (B, N, V) for every position, or (K, V) for the
+    K drawn positions in row-major order, as `CrossModalMLM` returns them when given `drawn`. IRRA's
+    `compute_mlm` gets the same mean through ignore_index=0 on labels that are 0 off the drawn positions."""
+    if ids.shape != drawn.shape:
+        raise ValueError(
+            f"mlm_loss needs ids and drawn of equal shape (B, N); got {tuple(ids.shape)} and {tuple(drawn.shape)}"
+        )
+    if logits.dim() == 3:
+        logits = logits[drawn]  # (K, V)
+    targets = ids[drawn]  # (K,)
+    if logits.shape[0] != targets.shape[0]:
+        raise ValueError(f"mlm_loss got logits for {logits.shape[0]} positions but {targets.shape[0]} are drawn")
+    if targets.numel() == 0:  # only captions without a single word: nothing to predict, and no NaN from an empty mean
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), targets)

@@ -146,9 +146,11 @@ class CLIPDualEncoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def encode_image(
-        self, images: torch.Tensor, return_tokens: bool = False
+        self, images: torch.Tensor, return_tokens: bool = False, *, all_tokens: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> v_cls (B, E); with `return_tokens` also the tap layer's patch tokens (B, M, E)."""
+        """(B, 3, H, W) -> v_cls (B, E); with `all_tokens` the whole projected last layer (B, 1 + M, E) instead,
+        whose row 0 is v_cls (IRRA's MLM attends to it); with `return_tokens` also the tap layer's patch tokens
+        (B, M, E)."""
         vision = self.vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(images))  # (B, 1 + M, Dv)
         tokens = None
@@ -157,8 +159,8 @@ class CLIPDualEncoder(nn.Module):
             if return_tokens and depth == self.tap_layer:
                 with torch.no_grad():
                     tokens = self.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, M, E), CLS dropped
-        v_cls = self.visual_projection(vision.post_layernorm(hidden[:, 0]))  # (B, E)
-        return (v_cls, tokens) if return_tokens else v_cls
+        features = self.visual_projection(vision.post_layernorm(hidden if all_tokens else hidden[:, 0]))
+        return (features, tokens) if return_tokens else features  # features: (B, E), or (B, 1 + M, E)
 
     def _text_hidden(
         self, ids: torch.Tensor, n_layers: int, *, tap: int | None = None
@@ -200,21 +202,38 @@ class CLIPDualEncoder(nn.Module):
         return self._project_text(hidden)
 
     def forward(
-        self, images: torch.Tensor, text_ids: torch.Tensor, score_ids: torch.Tensor | None = None
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        score_ids: torch.Tensor | None = None,
+        *,
+        image_sequence: bool = False,
+        text_sequence: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One training step's model work. `text_ids` is the (masked) caption whose t_eos enters the loss;
-        `score_ids`, when given, is the unmasked caption whose tap tokens NAM scores against the patches."""
-        if score_ids is None:
+        `score_ids`, when given, is the unmasked caption whose tap tokens NAM scores against the patches.
+        `image_sequence` / `text_sequence` also return every projected last-layer token of that tower, with
+        gradient, for IRRA's MLM; row 0 / the EOT row are then v_cls / t_eos."""
+        if score_ids is None and not image_sequence and not text_sequence:
             return {"image_feats": self.encode_image(images), "text_feats": self.encode_text(text_ids)}
-        image_feats, image_tokens = self.encode_image(images, return_tokens=True)
-        with torch.no_grad():
-            score_tokens = self.encode_text_tokens(score_ids, self.tap_layer)
-        return {
-            "image_feats": image_feats,  # (B, E)
-            "text_feats": self.encode_text(text_ids),  # (B, E)
-            "image_tokens": image_tokens,  # (B, M, E), detached
-            "score_tokens": score_tokens,  # (B, N, E), detached
-        }
+        if score_ids is None:
+            image_out, image_tokens = self.encode_image(images, all_tokens=image_sequence), None
+        else:
+            image_out, image_tokens = self.encode_image(images, return_tokens=True, all_tokens=image_sequence)
+        out = {"image_feats": image_out[:, 0] if image_sequence else image_out}  # (B, E)
+        if image_sequence:
+            out["image_sequence"] = image_out  # (B, 1 + M, E)
+        if text_sequence:
+            text_out = self.encode_text_tokens(text_ids, len(self.text_model.encoder.layers))  # (B, N, E)
+            out["text_sequence"] = text_out
+            out["text_feats"] = text_out[torch.arange(text_ids.shape[0], device=text_out.device), text_ids.argmax(-1)]
+        else:
+            out["text_feats"] = self.encode_text(text_ids)  # (B, E)
+        if score_ids is not None:
+            with torch.no_grad():
+                out["score_tokens"] = self.encode_text_tokens(score_ids, self.tap_layer)  # (B, N, E), detached
+            out["image_tokens"] = image_tokens  # (B, M, E), detached
+        return out
 
 
 def build_model(cfg: ModelConfig, tap_layer: int) -> CLIPDualEncoder:

@@ -13,16 +13,26 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from data.dataset import CaptionSampleStream, make_loader
+from data.dataset import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
-from engine import collectives
-from engine.checkpoint import export_model, load_checkpoint, mark_best, resolve_tag_dir, save_checkpoint
+from data.position import DataPosition
+from engine import collectives, preemption
+from engine.checkpoint import (
+    export_model,
+    load_checkpoint,
+    load_data_positions,
+    mark_best,
+    resolve_tag_dir,
+    save_checkpoint,
+)
 from engine.config import Config, config_to_dict
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
-from engine.losses import sdm_loss
-from engine.model import build_model
+from engine.irra_heads import mlm_masked_captions
+from engine.losses import id_loss, mlm_loss, sdm_loss
+from engine.metrics_log import MetricsLog
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.noise_table import ShardedNoiseTable
+from engine.training_model import build_training_model, dual_encoder, parameter_groups
 from eval.during_training import TrainingEvaluator
 from kernels import token_patch_max_cosine
 
@@ -32,9 +42,15 @@ class TrainState:
     epoch: int = 0  # the epoch in progress
     batches_done: int = 0  # micro-batches of that epoch already trained
     world_size: int = 1
+    data_workers: int = 1  # data streams per rank: with world_size, the layout a data position is valid for
 
     def as_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done, "world_size": self.world_size}
+        return {
+            "epoch": self.epoch,
+            "batches_done": self.batches_done,
+            "world_size": self.world_size,
+            "data_workers": self.data_workers,
+        }
 
 
 def masked_captions(
@@ -64,53 +80,57 @@ def masked_captions(
 def train_step(
     engine, batch: dict, config: Config, noise_table: ShardedNoiseTable, *, epoch: int, generator: torch.Generator
 ) -> dict:
-    """NAM-mask the captions, encode, SDM on the global batch, backward and step, then score T_full."""
+    """NAM-mask the captions, encode, SDM on the global batch (plus IRRA's ID and MLM losses where the config turns
+    them on), backward and step, then score T_full."""
     ids, caption_ids = batch["ids"], batch["caption_id"]
     masked_ids, unscored = masked_captions(config, ids, caption_ids, noise_table, epoch=epoch, generator=generator)
     score = config.nam.masking == "nam"
     target = device()
     dtype = next(engine.module.parameters()).dtype
+    heads = {}
+    if config.loss.mlm_weight > 0:  # IRRA's MLM caption: 15% of the unmasked caption's words, BERT-style
+        mlm_ids, mlm_drawn = mlm_masked_captions(ids, config.loss.mlm_prob, generator)
+        mlm_drawn = mlm_drawn.to(target, non_blocking=True)
+        if config.loss.mlm_shared_caption:  # SDM and ID read the MLM caption too, as IRRA's released code does
+            masked_ids, heads = mlm_ids, {"mlm_positions": mlm_drawn}
+        else:
+            heads = {"mlm_ids": mlm_ids.to(target, non_blocking=True), "mlm_positions": mlm_drawn}
     out = engine(
         batch["image"].to(target, dtype=dtype, non_blocking=True),
         masked_ids.to(target, non_blocking=True),
         score_ids=ids.to(target, non_blocking=True) if score else None,
+        **heads,
     )
-    loss = sdm_loss(
-        collectives.gather_with_grad(out["image_feats"]),
-        collectives.gather_with_grad(out["text_feats"]),
-        collectives.gather_no_grad(batch["pid"].to(target)),
-        temperature=config.loss.temperature,
-        eps=config.loss.eps,
-    )
+    pids = batch["pid"].to(target)
+    parts = {
+        "sdm": sdm_loss(
+            collectives.gather_with_grad(out["image_feats"]),
+            collectives.gather_with_grad(out["text_feats"]),
+            collectives.gather_no_grad(pids),
+            temperature=config.loss.temperature,
+            eps=config.loss.eps,
+        )
+    }
+    if config.loss.id_weight > 0:  # local batch; DeepSpeed's gradient averaging makes it the global mean
+        parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
+    if config.loss.mlm_weight > 0:
+        parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
+    weights = {"sdm": 1.0, "id": config.loss.id_weight, "mlm": config.loss.mlm_weight}
+    loss = sum(weights[name] * part for name, part in parts.items())
     engine.backward(loss)
     engine.step()
     if score:
         valid = valid_token_mask(ids).to(target)
         similarity = token_patch_max_cosine(out["score_tokens"], out["image_tokens"], valid, impl=config.nam.kernel)
         noise_table.record(caption_ids, 1.0 - similarity, valid)  # r = 1 - max_j s_ij, used next epoch
-    return {"loss": loss.detach(), "unscored": unscored}
-
-
-class MetricsLog:
-    """Rank 0 writes one JSON object per line to RUN_DIR/metrics.jsonl."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.handle = path.open("a") if enabled else None
-
-    def write(self, record: dict) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle:
-            self.handle.close()
+    # Each part before its weight, logged as loss_<name> when there is more than SDM.
+    loss_parts = {name: part.detach() for name, part in parts.items()} if len(parts) > 1 else {}
+    return {"loss": loss.detach(), "unscored": unscored, "loss_parts": loss_parts}
 
 
 def train(config: Config, *, resume: str | None = None) -> Path:
     """Runs (or resumes) pretraining; returns the folder of the final exported model."""
-    init_distributed()
+    init_distributed(collective_timeout_s=config.train.collective_timeout_s, heartbeat=True)
     rank, world = collectives.rank(), collectives.world_size()
     run_dir = Path(config.train.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
@@ -119,34 +139,42 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     torch.manual_seed(config.train.seed)
 
-    manifest = Manifest.load(config.data.shards)
+    manifest = Manifest.load(config.data.shards, remote=config.data.remote)
     stream = CaptionSampleStream(
         manifest,
         rank=rank,
         world_size=world,
         num_workers=config.data.num_workers,
+        batch_size=config.train.batch_size,
         image_size=config.model.image_size,
         augment=config.data.augment,
         context_length=config.model.context_length,
         seed=config.train.seed,
         shuffle_buffer=config.data.shuffle_buffer,
+        sampling=config.data.sampling,
+        remote=config.data.remote,
     )
+    position = DataPosition(stream.splits, manifest.caption_id_space, len(PROBLEMS))
     # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
-    epoch_batches = [stream.batches_per_epoch(config.train.batch_size, e) for e in range(config.train.epochs)]
+    epoch_batches = [stream.batches_per_epoch(e) for e in range(config.train.epochs)]
     if min(epoch_batches) == 0:
         raise ValueError(f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions")
     total_steps = sum(epoch_batches) // config.train.grad_accum
 
-    model = build_model(config.model, tap_layer=config.nam.tap_layer)
+    model = build_training_model(config, manifest)  # the dual encoder, plus IRRA's heads when their losses are on
     ds_config = deepspeed_config(config, total_steps=total_steps, world_size=world)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=parameter_groups(model, config.optim), config=ds_config
+    )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
     evaluator = TrainingEvaluator(config.eval)
-    state = TrainState(world_size=world)
+    state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
-        state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream)
+        state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream, position)
 
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rank == 0)
+    log = MetricsLog(
+        run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)
+    )
     if rank == 0:
         precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
         print(
@@ -166,17 +194,19 @@ def train(config: Config, *, resume: str | None = None) -> Path:
             model_config=config.model,
             tap_layer=config.nam.tap_layer,
             keep=config.train.keep_checkpoints,
+            data_state=position.state_dict(),
         )
 
     try:
         for epoch in range(state.epoch, config.train.epochs):
-            stream.set_epoch(epoch)
+            stream.set_epoch(epoch, position.start())
             stopped = run_epoch(
                 engine,
                 stream,
                 config,
                 noise_table,
                 state,
+                position,
                 scheduler=scheduler,
                 batches_per_epoch=epoch_batches[epoch],
                 log=log,
@@ -184,18 +214,20 @@ def train(config: Config, *, resume: str | None = None) -> Path:
             )
             if stopped:
                 return checkpoint_dir
+            log_data_problems(log, epoch, position)
             if config.nam.masking == "nam" and epoch + 1 < config.train.epochs:
                 started = time.perf_counter()
                 noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
                 log.write({"epoch": epoch, "noise_exchange_s": time.perf_counter() - started})
             state.epoch, state.batches_done = epoch + 1, 0
+            position.new_epoch()
             tag = f"epoch{epoch + 1:04d}"
             checkpoint(tag)
             if evaluator.due(epoch + 1):
                 evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
         final_dir = run_dir / "final"
         if rank == 0:
-            export_model(engine.module, final_dir, config.model, config.nam.tap_layer)
+            export_model(dual_encoder(engine.module), final_dir, config.model, config.nam.tap_layer)
         collectives.barrier()
         return final_dir
     finally:
@@ -206,7 +238,7 @@ def evaluate(
     evaluator: TrainingEvaluator, engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
 ) -> None:
     """Scores the configured benchmarks (all ranks extract); rank 0 logs and keeps best.json on validation R1."""
-    for record in evaluator.evaluate(engine.module, device()):
+    for record in evaluator.evaluate(dual_encoder(engine.module), device()):
         improved = record["selects_best"] and mark_best(checkpoint_dir, tag, record)
         log.write({"epoch": epoch, "tag": tag, **record, "new_best": improved})
         title = f"eval after {epoch + 1} epochs: {record['eval']} {record['split']}"
@@ -217,16 +249,34 @@ def evaluate(
         )
 
 
-def restore(engine, path: str | Path, noise_table: ShardedNoiseTable, stream: CaptionSampleStream) -> TrainState:
-    """Loads a checkpoint; on another world size the interrupted epoch restarts and the table is re-read."""
-    restored = load_checkpoint(engine, resolve_tag_dir(path), noise_table)
-    world = collectives.world_size()
-    same_world = restored["world_size"] == world
-    state = TrainState(restored["epoch"], restored["batches_done"] if same_world else 0, world)
-    if not same_world:
+def restore(
+    engine, path: str | Path, noise_table: ShardedNoiseTable, stream: CaptionSampleStream, position: DataPosition
+) -> TrainState:
+    """Loads a checkpoint. On the layout that wrote it (world size, data workers per rank) every data
+    worker continues at its saved position; on another layout the rest of the interrupted epoch (the
+    captions no rank trained on yet) runs in a new order, and the noise table is re-read for it."""
+    tag_dir = resolve_tag_dir(path)
+    restored = load_checkpoint(engine, tag_dir, noise_table)
+    world, rank = collectives.world_size(), collectives.rank()
+    old_world, old_workers = restored["world_size"], restored.get("data_workers")
+    same_layout = old_world == world and old_workers == stream.splits
+    state = TrainState(restored["epoch"], restored["batches_done"] if same_layout else 0, world, stream.splits)
+    saved = load_data_positions(tag_dir, [rank] if same_layout else list(range(old_world)))
+    if same_layout and saved[0]:
+        position.load_state_dict(saved[0])
+    elif all(saved):
+        position.load_other_layout(saved)
+    if old_world != world:
         noise_table.refresh(stream.caption_ids(state.epoch))
-    if collectives.rank() == 0:
+    if rank == 0:
         print(f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True)
+        if not same_layout and restored["batches_done"]:
+            print(
+                f"note: the checkpoint was written by {old_world} rank(s) x {old_workers} data worker(s), this run "
+                f"has {world} x {stream.splits}: the rest of epoch {state.epoch} runs in a new order, leaving out "
+                "the captions already trained on",
+                flush=True,
+            )
     return state
 
 
@@ -236,6 +286,7 @@ def run_epoch(
     config: Config,
     noise_table: ShardedNoiseTable,
     state: TrainState,
+    position: DataPosition,
     *,
     scheduler,
     batches_per_epoch: int,
@@ -245,7 +296,7 @@ def run_epoch(
     """Trains the rest of one epoch; returns True when train.max_steps stopped the run."""
     rank = collectives.rank()
     epoch = state.epoch
-    loader = make_loader(stream, batch_size=config.train.batch_size, num_workers=config.data.num_workers)
+    items = iter(preemption.shield_data_workers(make_loader(stream, num_workers=config.data.num_workers)))
     progress = tqdm(
         total=batches_per_epoch,
         initial=state.batches_done,
@@ -255,15 +306,20 @@ def run_epoch(
         leave=False,
     )
     window_loss, window_batches, window_unscored, window_start = 0.0, 0, 0, time.perf_counter()
-    for index, batch in enumerate(loader):
-        if index >= batches_per_epoch:
+    window_parts: dict = {}  # the loss's parts (with IRRA's heads), summed like window_loss
+    while state.batches_done < batches_per_epoch:
+        batch = next_batch(items, position)
+        # Damaged data can leave a rank short of the manifest's count: all ranks end the epoch together.
+        if not collectives.all_ranks(batch is not None):
+            if rank == 0:
+                print(f"epoch {epoch}: a rank ran out of data after {state.batches_done} batches", flush=True)
             break
-        if index < state.batches_done:  # resuming mid-epoch: the same batches in the same order, skipped
-            continue
+        index = state.batches_done
         generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
         result = train_step(engine, batch, config, noise_table, epoch=epoch, generator=generator)
         state.batches_done = index + 1
         window_loss = window_loss + result["loss"]  # stays on the device; synced only at log points
+        window_parts = {name: window_parts.get(name, 0.0) + part for name, part in result["loss_parts"].items()}
         window_batches += 1
         window_unscored += result["unscored"]
         progress.update(1)
@@ -271,8 +327,8 @@ def run_epoch(
         step = engine.global_steps
         if state.batches_done % config.train.log_every_steps == 0 or state.batches_done == batches_per_epoch:
             # host sync: once per log interval
-            loss_sum, count, unscored = collectives.all_reduce_sum(
-                [float(window_loss), window_batches, window_unscored]
+            loss_sum, count, unscored, *part_sums = collectives.all_reduce_sum(
+                [float(window_loss), window_batches, window_unscored, *map(float, window_parts.values())]
             )
             elapsed = time.perf_counter() - window_start
             record = {
@@ -283,17 +339,45 @@ def run_epoch(
                 "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else scheduler.get_lr()[0],
                 "samples_per_s": count * config.train.batch_size / max(elapsed, 1e-9),
                 "unscored_captions": int(unscored),
+                **{f"loss_{name}": total / max(count, 1) for name, total in zip(window_parts, part_sums, strict=True)},
             }
             log.write(record)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+            progress.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{record['samples_per_s']:.1f}"
+            )
             if rank == 0:
                 tqdm.write(json.dumps(record))
             window_loss, window_batches, window_unscored, window_start = 0.0, 0, 0, time.perf_counter()
+            window_parts = {}
         if boundary and config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
             checkpoint(f"step{step:08d}")
         if boundary and config.train.max_steps and step >= config.train.max_steps:
             checkpoint(f"step{step:08d}")
             progress.close()
             return True
+        stop_signals = preemption.should_stop() if boundary else None  # SIGUSR1/SIGTERM on any rank: all stop here
+        if stop_signals:
+            checkpoint(f"step{step:08d}")
+            progress.close()
+            log.write({"epoch": epoch, "stopped_after_step": step, "signals": stop_signals})
+            raise preemption.StoppedBySignal(stop_signals, step, f"step{step:08d}")
     progress.close()
     return False
+
+
+def next_batch(items, position: DataPosition) -> dict | None:
+    """The next batch from the loader, recording every item (tails too) in the data position."""
+    for item in items:
+        if position.consume(item):
+            return item
+    return None
+
+
+def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> None:
+    """Per-epoch counts of skipped (and converted) samples over all ranks, in the log and on stdout."""
+    totals = collectives.all_reduce_sum([*position.problems.tolist(), position.dropped])  # host sync: once per epoch
+    counts = {kind: int(n) for kind, n in zip(PROBLEMS, totals, strict=False)}
+    log.write({"epoch": epoch, "data_problems": counts, "partial_batch_samples_dropped": int(totals[-1])})
+    if collectives.rank() == 0 and any(counts.values()):
+        found = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
+        print(f"epoch {epoch}: data problems skipped and counted: {found}", flush=True)

@@ -1,7 +1,9 @@
 """Pretraining entry point.
 
-python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] [--resume latest|PATH]
+python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] [--resume latest|auto|PATH]
 deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds --local_rank)
+launcher/train.sh and launcher/slurm/pretrain.sbatch run it with --resume auto. Exit status: 0 done,
+2 a user error (one line), 75 stopped on SIGUSR1/SIGTERM after a checkpoint (run it again), 1 a lost rank.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from data.captions import CaptionError
 from data.manifest import ShardError
+from engine import liveness
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
+from engine.preemption import EXIT_RESUMABLE, StoppedBySignal, end_data_workers, install_stop_handlers, resume_target
 from eval.benchmarks import BenchmarkError
 
 USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, BenchmarkError, FileNotFoundError)
@@ -24,28 +29,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m launcher.train", description="Pretrain the CLIP dual encoder with SDM + NAM."
     )
     parser.add_argument("--config", required=True, help="YAML file in configs/ (only what differs from the defaults)")
-    parser.add_argument("--resume", default=None, help="'latest' (this run's newest checkpoint) or a checkpoint folder")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="'latest' (this run's newest checkpoint), 'auto' (latest if there is one, else start fresh) or a folder",
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=8")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_stop_handlers()  # first: SIGUSR1/SIGTERM from now on mean "checkpoint at the next step and exit 75"
     args = parse_args(argv)
+    rank0 = os.environ.get("RANK", "0") == "0"
+    clean, lost_rank = False, False
     try:
         config = load_config(args.config, args.overrides)
+        resume = resume_target(args.resume, Path(config.train.run_dir), announce=rank0)
         from engine.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
 
-        final = train(config, resume=args.resume)
+        final = train(config, resume=resume)
+        clean = True
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    except StoppedBySignal as stop:  # every rank saved the same step; the batch script requeues on this status
+        clean = True
+        if rank0:
+            print(f"{stop}; the same command with --resume auto continues from it", flush=True)
+        return EXIT_RESUMABLE
+    except RuntimeError:  # a failed collective: when a rank died, name it (once) instead of a traceback per rank
+        lost_rank = liveness.lost_ranks_reported()
+        if not lost_rank:
+            raise
+        return 1
     finally:
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-    if os.environ.get("RANK", "0") == "0":
+        if dist.is_initialized() and not lost_rank:  # leaving a group that lost a rank may hang; exiting cleans up
+            from engine.deepspeed_setup import shutdown_distributed  # imported by the trainer already
+
+            shutdown_distributed(clean=clean)
+        end_data_workers()
+    if rank0:
         print(f"done: model in {final}", flush=True)
     return 0
 

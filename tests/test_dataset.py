@@ -1,3 +1,4 @@
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -5,78 +6,181 @@ import torch
 
 from data.dataset import CaptionSampleStream, make_loader
 from data.manifest import Manifest, ShardError
+from data.position import DataPosition
 from engine.config import AugmentConfig
 
 
-def stream(shards: Path, *, rank: int = 0, world: int = 1, workers: int = 0, epoch: int = 0) -> CaptionSampleStream:
+def stream(
+    shards: Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    epoch: int = 0,
+    batch: int = 5,
+    sampling: str = "every_caption",
+    remote: str | None = None,
+) -> CaptionSampleStream:
     result = CaptionSampleStream(
-        Manifest.load(shards),
+        Manifest.load(shards, remote=remote),
         rank=rank,
         world_size=world,
         num_workers=workers,
+        batch_size=batch,
         image_size=(32, 16),
         augment=AugmentConfig(),
         context_length=16,
         seed=0,
         shuffle_buffer=64,
+        sampling=sampling,
+        remote=remote,
     )
     result.set_epoch(epoch)
     return result
 
 
-def caption_ids_seen(data: CaptionSampleStream, *, workers: int, batch: int = 5) -> list[int]:
-    return [int(i) for b in make_loader(data, batch_size=batch, num_workers=workers) for i in b["caption_id"]]
+def batches(data: CaptionSampleStream, *, workers: int) -> list[dict]:
+    return [item for item in make_loader(data, num_workers=workers) if not item.get("tail")]
 
 
-def test_samples_are_images_tokens_pids_and_caption_ids(packed_shards: Path):
-    sample = next(iter(stream(packed_shards)))
-    assert sample["image"].shape == (3, 32, 16) and sample["image"].dtype == torch.float32
-    assert sample["ids"].shape == (16,) and sample["ids"][0] == 49406
-    assert sample["caption_id"] // 4 == sample["pid"]
+def caption_ids_seen(data: CaptionSampleStream, *, workers: int) -> list[int]:
+    return [int(i) for b in batches(data, workers=workers) for i in b["caption_id"]]
+
+
+@pytest.fixture(params=["wds", "mds"])
+def shards_of_each_format(request, caption_set_dir: Path, tmp_path: Path) -> Path:
+    from data.pack import pack
+    from tests.conftest import caption_files
+
+    out = tmp_path / f"shards_{request.param}"
+    pack(caption_set_dir / "imgs", caption_files(caption_set_dir), out, images_per_shard=12, fmt=request.param)
+    return out
+
+
+def test_batches_are_images_tokens_pids_and_caption_ids(shards_of_each_format: Path):
+    first = batches(stream(shards_of_each_format), workers=0)[0]
+    assert first["image"].shape == (5, 3, 32, 16) and first["image"].dtype == torch.float32
+    assert first["ids"].shape == (5, 16) and (first["ids"][:, 0] == 49406).all()
+    assert torch.equal(first["caption_id"] // 4, first["pid"])
+
+
+def test_both_formats_give_the_same_samples(caption_set_dir: Path, tmp_path: Path):
+    from data.pack import pack
+    from tests.conftest import caption_files
+
+    seen = {}
+    for fmt in ("wds", "mds"):
+        pack(caption_set_dir / "imgs", caption_files(caption_set_dir), tmp_path / fmt, images_per_shard=12, fmt=fmt)
+        seen[fmt] = batches(stream(tmp_path / fmt, workers=2), workers=2)
+    assert len(seen["wds"]) == len(seen["mds"]) == 38
+    for a, b in zip(seen["wds"], seen["mds"], strict=True):
+        assert torch.equal(a["caption_id"], b["caption_id"]) and torch.equal(a["ids"], b["ids"])
+        assert torch.equal(a["image"], b["image"])  # same bytes, same per-sample augmentation
+
+
+def test_mds_streams_from_a_remote_into_an_empty_local_cache(caption_set_dir: Path, tmp_path: Path):
+    from data.pack import pack
+    from tests.conftest import caption_files
+
+    pack(caption_set_dir / "imgs", caption_files(caption_set_dir), tmp_path / "remote", images_per_shard=12, fmt="mds")
+    cache = tmp_path / "cache"
+    remote_ids = caption_ids_seen(stream(cache, remote=str(tmp_path / "remote"), workers=2), workers=2)
+    assert sorted(remote_ids) == sorted(caption_ids_seen(stream(tmp_path / "remote", workers=2), workers=2))
+    assert (cache / "manifest.json").is_file() and (cache / "index.json").is_file()
+    assert len(list(cache.glob("shard-*/shard.*.mds"))) == 4  # fetched by the readers as they went
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_per_epoch_is_exact(packed_shards: Path, workers: int):
     data = stream(packed_shards, workers=workers)
-    assert len(caption_ids_seen(data, workers=workers)) == data.batches_per_epoch(5, epoch=0) * 5
+    assert len(caption_ids_seen(data, workers=workers)) == data.batches_per_epoch(0) * 5
+
+
+def test_two_ranks_by_two_workers_see_every_caption_exactly_once(shards_of_each_format: Path):
+    for epoch in range(3):
+        seen = Counter()
+        for rank in (0, 1):
+            data = stream(shards_of_each_format, rank=rank, world=2, workers=2, epoch=epoch, batch=1)
+            ids = caption_ids_seen(data, workers=2)
+            assert set(ids) == set(data.caption_ids(epoch).tolist())  # what the noise table fetches for it
+            seen.update(ids)
+        assert seen == Counter(range(192))
+
+
+def test_one_caption_per_image_draws_one_caption_of_each_image_per_epoch(packed_shards: Path):
+    draws = []
+    for epoch in range(3):
+        ids = caption_ids_seen(stream(packed_shards, epoch=epoch, batch=1, sampling="one_caption_per_image"), workers=0)
+        assert sorted(i // 4 for i in ids) == list(range(48))
+        draws.append(ids)
+    assert len({frozenset(d) for d in draws}) == 3  # another caption of the image in another epoch
 
 
 def test_ranks_split_the_captions_and_the_split_changes_between_epochs(packed_shards: Path):
-    assignments = []
-    for epoch in range(4):
-        streams = [stream(packed_shards, rank=r, world=2, epoch=epoch) for r in (0, 1)]
-        seen = [set(caption_ids_seen(s, workers=0, batch=1)) for s in streams]
-        assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(192))
-        assert [set(s.caption_ids(epoch).tolist()) for s in streams] == seen  # what the noise table fetches
-        assignments.append(seen[0])
-    assert len({frozenset(a) for a in assignments}) > 1  # captions meet other ranks: the table must follow them
+    assignments = [
+        frozenset(caption_ids_seen(stream(packed_shards, rank=0, world=2, epoch=epoch, batch=1), workers=0))
+        for epoch in range(4)
+    ]
+    assert len(set(assignments)) > 1  # captions meet other ranks: the noise table must follow them
 
 
 def test_order_is_deterministic_per_epoch_and_differs_between_epochs(packed_shards: Path):
     first = caption_ids_seen(stream(packed_shards, epoch=3), workers=2)
     assert first == caption_ids_seen(stream(packed_shards, epoch=3), workers=2)
     assert first != caption_ids_seen(stream(packed_shards, epoch=4), workers=2)
-    images = [b["image"] for b in make_loader(stream(packed_shards, epoch=3), batch_size=8, num_workers=0)]
-    again = [b["image"] for b in make_loader(stream(packed_shards, epoch=3), batch_size=8, num_workers=0)]
-    assert all(torch.equal(a, b) for a, b in zip(images, again, strict=True))  # augmentations replay too
 
 
-def test_undecodable_image_is_skipped_not_fatal(tmp_path: Path):
-    from data.pack import pack
-    from tests.conftest import caption_files, write_caption_set
+def resumed_after(shards: Path, consumed: int, *, workers: int, batch: int = 5) -> tuple[list[dict], list[dict]]:
+    """The uninterrupted epoch's items after `consumed` batches, and what a stream resumed there yields."""
+    full = list(make_loader(stream(shards, workers=workers, batch=batch), num_workers=workers))
+    position = DataPosition(max(1, workers), 192, 9)
+    taken, at = 0, 0
+    while taken < consumed:
+        taken += position.consume(full[at])
+        at += 1
+    rest = full[at:]
+    saved = position.state_dict()
+    restored = DataPosition(max(1, workers), 192, 9)
+    restored.load_state_dict(saved)
+    data = stream(shards, workers=workers, batch=batch)
+    data.set_epoch(0, restored.start())
+    return rest, list(make_loader(data, num_workers=workers))
 
-    root = write_caption_set(tmp_path / "raw", images=8)
-    (root / "imgs" / "00002.jpg").write_bytes(b"not a jpeg")
-    pack(root / "imgs", caption_files(root), tmp_path / "shards", images_per_shard=8)
-    ids = caption_ids_seen(stream(tmp_path / "shards"), workers=0, batch=1)
-    assert len(ids) == 28 and not {8, 9, 10, 11} & set(ids)
+
+@pytest.mark.parametrize(("workers", "consumed"), [(0, 7), (2, 1), (2, 8), (3, 13), (2, 37)])
+def test_resumed_stream_continues_exactly_where_the_checkpoint_was(
+    shards_of_each_format: Path, workers: int, consumed: int
+):
+    rest, resumed = resumed_after(shards_of_each_format, consumed, workers=workers)
+    assert len(resumed) == len(rest) > 0
+    for expected, got in zip(rest, resumed, strict=True):
+        assert expected.keys() == got.keys()
+        for key, value in expected.items():
+            assert torch.equal(value, got[key]) if isinstance(value, torch.Tensor) else value == got[key], key
 
 
-def test_missing_manifest_or_shard_is_named(packed_shards: Path, tmp_path: Path):
+def test_resume_onto_another_layout_runs_only_the_rest_of_the_epoch(packed_shards: Path):
+    position = DataPosition(2, 192, 9)
+    trained = []
+    for item in make_loader(stream(packed_shards, workers=2), num_workers=2):
+        if position.consume(item):
+            trained += item["caption_id"].tolist()
+        if len(trained) >= 60:
+            break
+    new = DataPosition(3, 192, 9)
+    new.load_other_layout([position.state_dict()])
+    data = stream(packed_shards, workers=3, batch=1)
+    data.set_epoch(0, new.start())
+    rest = caption_ids_seen(data, workers=3)
+    assert sorted(trained + rest) == list(range(192))
+
+
+def test_a_manifest_without_any_shard_is_named(packed_shards: Path, tmp_path: Path):
     with pytest.raises(ShardError, match="no manifest.json in shard folder"):
         Manifest.load(tmp_path)
-    (packed_shards / "shard-000002.tar").unlink()
-    with pytest.raises(ShardError, match="shard-000002.tar"):
+    for shard in packed_shards.glob("shard-*.tar"):
+        shard.unlink()
+    with pytest.raises(ShardError, match="all 4 shards .* are missing"):
         Manifest.load(packed_shards)
 
 

@@ -29,7 +29,11 @@ def test_manifest_counts_ids_and_checksums(packed_shards: Path):
     for shard in manifest["shards"]:
         with tarfile.open(packed_shards / shard["name"]) as tar:
             metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+            texts = [
+                tar.extractfile(m).read().decode().split("\n") for m in tar.getmembers() if m.name.endswith(".txt")
+            ]
             assert sum(m.isfile() and m.name.endswith(".jpg") for m in tar.getmembers()) == shard["images"]
+        assert [len(t) for t in texts] == [len(m["captions"]) for m in metas]  # one line per caption
         for meta in metas:
             pids.append(meta["pid"])
             caption_ids += [c["caption_id"] for c in meta["captions"]]
@@ -67,3 +71,63 @@ def test_bad_inputs_give_one_line_errors(tmp_path: Path, capsys):
         load_captions([tmp_path / "nope.json"])
     with pytest.raises(CaptionError, match="image folder not found"):
         pack(tmp_path / "no_imgs", caption_files(root)[:1], tmp_path / "o")
+
+
+def test_mds_shards_hold_the_same_records_and_a_streaming_index(caption_set_dir: Path, tmp_path: Path):
+    from streaming import StreamingDataset
+
+    manifest = pack(
+        caption_set_dir / "imgs", caption_files(caption_set_dir), tmp_path / "mds", images_per_shard=12, fmt="mds"
+    )
+    assert manifest["format"] == "mds" and [s["name"] for s in manifest["shards"]][0] == "shard-000000"
+    # mosaicml-streaming's own dataset class reads the merged index over our partitions
+    dataset = StreamingDataset(local=str(tmp_path / "mds"), shuffle=False, batch_size=1)
+    assert len(dataset) == 48
+    meta = json.loads(dataset[0]["json"])
+    assert meta["image_index"] == 0 and len(dataset[0]["txt"].split(b"\n")) == 4
+
+
+def test_parallel_packing_by_target_size_matches_one_worker(caption_set_dir: Path, tmp_path: Path):
+    size = sum(p.stat().st_size + 2048 for p in (caption_set_dir / "imgs").iterdir()) // 5  # 2048: tar headers
+    one, two = (
+        pack(
+            caption_set_dir / "imgs",
+            caption_files(caption_set_dir),
+            tmp_path / f"workers{workers}",
+            images_per_shard=None,
+            shard_bytes=size,
+            workers=workers,
+        )
+        for workers in (1, 2)
+    )
+    assert 4 <= len(one["shards"]) <= 7 and sum(s["images"] for s in one["shards"]) == 48
+    assert one["shards"] == two["shards"]  # same plan, same bytes (checksums included)
+
+
+def test_an_interrupted_packing_resumes_with_only_the_missing_shards(packed_shards: Path, caption_set_dir: Path):
+    before = json.loads((packed_shards / "manifest.json").read_text())
+    kept = packed_shards / "shard-000000.tar"
+    kept_mtime = kept.stat().st_mtime_ns
+    # as if killed after two shards: the others, their notes and the manifest are not there
+    for name in ("shard-000002.tar", "shard-000003.tar"):
+        (packed_shards / name).unlink()
+        (packed_shards / f".{name}.done").unlink()
+    (packed_shards / "manifest.json").unlink()
+    (packed_shards / ".shard-000003.tar.partial").write_bytes(b"half a shard")
+    after = pack(caption_set_dir / "imgs", caption_files(caption_set_dir), packed_shards, images_per_shard=12)
+    assert after == before and kept.stat().st_mtime_ns == kept_mtime
+    with pytest.raises(CaptionError, match="holds a packing of other inputs or options"):
+        pack(caption_set_dir / "imgs", caption_files(caption_set_dir), packed_shards, images_per_shard=6)
+
+
+def test_a_caption_file_that_lost_every_caption_is_named(tmp_path: Path):
+    root = write_caption_set(tmp_path / "raw", images=4)
+    (root / "Ts-shikra.json").write_text(json.dumps({"00000.jpg": "  ", "00001.jpg": ""}))
+    with pytest.raises(CaptionError, match="Ts-shikra.json lost every caption"):
+        load_captions(caption_files(root))
+    dirty = {f"{i:05d}.jpg": "a [gender] in [colour]" for i in range(4)}
+    for static in ("Ts-shikra", "Ts-qwen"):  # no static caption of these images to replace a dirty one with
+        (root / f"{static}.json").write_text(json.dumps({"other.jpg": "a man"}))
+    (root / "Td-qwen.json").write_text(json.dumps(dirty))
+    with pytest.raises(CaptionError, match="Td-qwen.json lost every caption"):
+        load_captions(caption_files(root))

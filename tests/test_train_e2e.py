@@ -240,3 +240,49 @@ def test_fine_tune_on_a_benchmark_train_split_from_our_pretrained_model(uninterr
     start = load_file(str(uninterrupted_run / "final" / "model.safetensors"))
     tuned = load_file(str(run_dir / "final" / "model.safetensors"))
     assert any(not torch.equal(start[k], tuned[k]) for k in start)  # it trained from the pretrained weights
+
+
+def test_resume_with_two_data_workers_per_rank_continues_exactly(workspace):
+    """2 ranks x 2 DataLoader workers, stopped at an odd batch of epoch 1 (the workers deliver in turn, so the
+    resumed loader must start with the other worker) then resumed: the uninterrupted run's parameters."""
+    two_workers = ("data.num_workers=2", "train.epochs=2")
+    whole, stopped = workspace["root"] / "workers_whole", workspace["root"] / "workers_stopped"
+    train_on_two_ranks(workspace["config"], whole, *two_workers)
+    stop_at = BATCHES_PER_EPOCH + 5
+    train_on_two_ranks(workspace["config"], stopped, *two_workers, f"train.max_steps={stop_at}")
+    resumed = train_on_two_ranks(workspace["config"], stopped, *two_workers, "--resume", "latest")
+    assert f"resumed from epoch 1, batch 5, step {stop_at}" in resumed.stdout
+    expected = load_file(str(whole / "final" / "model.safetensors"))
+    got = load_file(str(stopped / "final" / "model.safetensors"))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    problems = [r for r in records if "data_problems" in r]
+    assert [r["epoch"] for r in problems] == [0, 1] and not any(any(r["data_problems"].values()) for r in problems)
+
+
+def test_training_reads_mds_shards(workspace):
+    raw = workspace["root"] / "synthetic" / "luperson_mllm"
+    shards = workspace["root"] / "mds_shards"
+    pack(raw / "imgs", [raw / f"{s}.json" for s in SOURCES], shards, images_per_shard=12, fmt="mds")
+    run_dir = workspace["root"] / "from_mds"
+    result = train_on_two_ranks(workspace["config"], run_dir, f"data.shards={shards}", "train.epochs=2")
+    assert f"{BATCHES_PER_EPOCH} batches/epoch" in result.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) >= 4 and losses[-1] < losses[0]
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_mid_epoch_resume_on_another_world_size_runs_only_the_rest_of_the_epoch(workspace):
+    """A 2-rank run stopped 4 batches into epoch 1 (2 ranks x 4 x 8 = 64 of its 192 captions trained), resumed
+    by 1 process: it trains the other 128 captions of epoch 1 in a new order (16 batches of 8), then epoch 2."""
+    run_dir = workspace["root"] / "rest_of_epoch"
+    stop_at = BATCHES_PER_EPOCH + 4
+    train_on_two_ranks(workspace["config"], run_dir, f"train.max_steps={stop_at}", "eval.every_epochs=0")
+    result = train_in_one_process(workspace["config"], run_dir, "eval.every_epochs=0", "--resume", "latest")
+    assert "the rest of epoch 1 runs in a new order, leaving out the captions already trained on" in result.stdout
+    assert "epoch 1: a rank ran out of data after 16 batches" in result.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in records if r.get("epoch") == 1 and "batch" in r]
+    assert resumed[-1]["batch"] == 16 and all(r["unscored_captions"] == 0 for r in resumed)

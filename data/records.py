@@ -1,0 +1,192 @@
+"""The packed record, one per image, and its two on-disk formats: webdataset tar and MDS.
+
+A record holds the image's original bytes, a JSON meta (pid, image file name, image index, and per
+caption its global id and source) and the captions as UTF-8 text, one per line, in the meta's order.
+Keeping the texts out of the JSON means a damaged caption costs that caption, not the whole record.
+
+    wds: <key>.<jpg|png>, <key>.json, <key>.txt in a tar (webdataset's convention)
+    mds: an MDS partition folder per shard (mosaicml-streaming's MDSWriter), columns key, image, json, txt
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import webdataset as wds
+
+FORMATS = ("wds", "mds")
+MDS_COLUMNS = {"key": "str", "image": "bytes", "json": "bytes", "txt": "bytes"}
+MDS_SIZE_LIMIT = (1 << 32) - 1  # one .mds file per partition: MDS offsets are uint32
+
+
+@dataclass(frozen=True)
+class PackedRecord:
+    key: str
+    image: bytes
+    image_ext: str  # jpg | png
+    meta: dict  # pid, image, image_index, captions: [{caption_id, source}]
+    captions: list[bytes]  # UTF-8 texts in meta["captions"] order
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A record as read back: fields still encoded, so a damaged field fails only when used."""
+
+    key: str
+    image: bytes | None
+    meta: bytes | None
+    captions: bytes | None
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """Where a shard stopped yielding records: missing_shard | truncated_shard."""
+
+    kind: str
+    key: str  # the shard's name
+
+
+def shard_name(index: int, fmt: str) -> str:
+    return f"shard-{index:06d}.tar" if fmt == "wds" else f"shard-{index:06d}"
+
+
+def write_wds_shard(path: Path, records: list[PackedRecord]) -> None:
+    with path.open("wb") as handle, wds.TarWriter(handle, mtime=0) as writer:  # reproducible bytes and checksums
+        for record in records:
+            writer.write(
+                {
+                    "__key__": record.key,
+                    record.image_ext: record.image,
+                    "json": json.dumps(record.meta).encode(),
+                    "txt": b"\n".join(record.captions),
+                }
+            )
+
+
+def write_mds_shard(folder: Path, records: list[PackedRecord]) -> None:
+    from streaming import MDSWriter
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    with MDSWriter(out=str(folder), columns=MDS_COLUMNS, size_limit=MDS_SIZE_LIMIT, hashes=["sha1"]) as writer:
+        for record in records:
+            meta = {**record.meta, "ext": record.image_ext}
+            writer.write(
+                {
+                    "key": record.key,
+                    "image": record.image,
+                    "json": json.dumps(meta).encode(),
+                    "txt": b"\n".join(record.captions),
+                }
+            )
+
+
+def write_shard(path: Path, records: list[PackedRecord], fmt: str) -> None:
+    """Writes to a hidden partial path, then renames: a shard is either complete or absent."""
+    partial = path.with_name(f".{path.name}.partial")
+    if fmt == "wds":
+        write_wds_shard(partial, records)
+    else:
+        write_mds_shard(partial, records)
+    if path.is_dir():
+        shutil.rmtree(path)
+    os.replace(partial, path)
+
+
+def merge_mds_index(root: Path, names: list[str]) -> None:
+    """The root index.json over the partition folders, so that streaming's StreamingDataset reads them too."""
+    from streaming.base.util import merge_index
+
+    (root / "index.json").unlink(missing_ok=True)
+    logging.disable(logging.WARNING)  # merge_index warns about its temporary folder and our existing one
+    try:
+        merge_index([str(root / name / "index.json") for name in names], str(root), keep_local=True)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def read_wds_shard(path: Path) -> Iterator[RawRecord | ShardProblem]:
+    """Records in file order; a truncated or unreadable tar ends with a ShardProblem after its intact records."""
+    try:
+        handle = path.open("rb")
+    except OSError:
+        yield ShardProblem("missing_shard", path.name)
+        return
+    with handle:
+        files = wds.tariterators.tar_file_iterator(handle)
+        for_url = ({**f, "__url__": str(path)} for f in files)
+        try:
+            for sample in wds.tariterators.group_by_keys(for_url):
+                image = next((sample[k] for k in ("jpg", "png", "jpeg") if k in sample), None)
+                yield RawRecord(sample["__key__"], image, sample.get("json"), sample.get("txt"))
+        except Exception:  # tarfile.ReadError, EOFError, zlib errors: the rest of the shard is lost
+            yield ShardProblem("truncated_shard", path.name)
+
+
+def _mds_intact_samples(path: Path, samples: int) -> int:
+    """How many of an .mds file's samples lie wholly inside it (a truncated file loses its tail).
+    The file starts with uint32 count, then count + 1 uint32 end offsets (streaming's MDS layout)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.read(4 * (samples + 2))
+    if len(header) < 4 * (samples + 2):
+        return 0
+    offsets = [int.from_bytes(header[4 * (i + 1) : 4 * (i + 2)], "little") for i in range(samples + 1)]
+    return sum(1 for end in offsets[1:] if end <= size)
+
+
+class MDSShards:
+    """An MDS data set (merged index.json over partition folders) read through mosaicml-streaming's
+    Stream: shards are fetched from `remote` into the `local` cache when missing, hash-checked."""
+
+    def __init__(self, local: Path, remote: str | None = None) -> None:
+        from streaming.base.stream import Stream
+
+        self.local, self.remote = Path(local), remote
+        self.stream = Stream(remote=remote, local=str(local))
+        self.stream.apply_default(
+            {"split": None, "download_retry": 2, "download_timeout": 120, "validate_hash": None, "keep_zip": False}
+        )
+        self._readers: dict[str, list] | None = None
+
+    def _partitions(self) -> dict[str, list]:
+        if self._readers is None:
+            from streaming.base.world import World
+
+            # As its own local leader: index.json is fetched ahead by data.manifest, so nobody waits.
+            alone = World(num_nodes=1, ranks_per_node=1, workers_per_rank=1, worker=0)
+            readers = self.stream.get_shards(alone, allow_unsafe_types=False)
+            self._readers = {}
+            for reader in readers:
+                self._readers.setdefault(Path(reader.raw_data.basename).parts[0], []).append(reader)
+        return self._readers
+
+    def read(self, name: str) -> Iterator[RawRecord | ShardProblem]:
+        readers = self._partitions().get(name)
+        if not readers:
+            yield ShardProblem("missing_shard", name)
+            return
+        for reader in readers:
+            try:
+                self.stream.prepare_shard(reader)  # download (and validate) when not cached
+            except Exception:
+                yield ShardProblem("missing_shard", name)
+                return
+            path = self.local / reader.raw_data.basename
+            intact = _mds_intact_samples(path, reader.samples)
+            for index in range(intact):
+                try:
+                    item = reader.get_item(index)
+                except Exception:
+                    intact = -1
+                    break
+                yield RawRecord(item["key"], item["image"], item["json"], item["txt"])
+            if intact < reader.samples:
+                yield ShardProblem("truncated_shard", name)
+                return

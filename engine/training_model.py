@@ -1,0 +1,103 @@
+"""What DeepSpeed trains: the dual encoder alone, or with IRRA's heads when the loss config turns them on.
+
+The heads are trained parameters, so they live inside the engine's module and DeepSpeed saves and restores them
+with the rest. They are training-only: export, the checkpoints' `model.safetensors` and evaluation take
+`dual_encoder(module)`, never the heads. With SDM alone the module is the bare `CLIPDualEncoder`, so checkpoints
+keep the key names they always had.
+
+Pure torch: no deepspeed, no process groups.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from data.manifest import MANIFEST, Manifest
+from engine.config import Config, ConfigError, OptimConfig
+from engine.irra_heads import CrossModalMLM, IdentityClassifier
+from engine.model import CLIPDualEncoder, build_model
+
+
+class DualEncoderWithHeads(nn.Module):
+    """`encoder` plus an identity classifier (`num_identities` classes) and/or a cross-modal MLM (`mlm_depth`)."""
+
+    def __init__(self, encoder: CLIPDualEncoder, *, num_identities: int | None, mlm_depth: int | None) -> None:
+        super().__init__()
+        if num_identities is None and mlm_depth is None:
+            raise ValueError("DualEncoderWithHeads needs at least one head; train the bare CLIPDualEncoder instead")
+        self.encoder = encoder
+        embed_dim = encoder.cfg.embed_dim
+        self.id_classifier = IdentityClassifier(embed_dim, num_identities) if num_identities else None
+        self.mlm = CrossModalMLM(embed_dim, mlm_depth, encoder.cfg.vocab_size) if mlm_depth else None
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        text_ids: torch.Tensor,
+        score_ids: torch.Tensor | None = None,
+        *,
+        mlm_ids: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The encoder's outputs plus `image_logits`, `text_logits` (B, K) and `mlm_logits` (K_drawn, V).
+
+        mlm_positions (B, N) are the drawn tokens of the BERT-masked caption mlm_ids (B, N); mlm_ids None means
+        text_ids is that caption (IRRA's released code). IRRA encodes it with the full text encoder, projected to
+        the joint space, and predicts the drawn tokens from the image's projected last layer."""
+        mlm = self.mlm is not None
+        if mlm and mlm_positions is None:
+            raise ValueError("this model has an MLM head: pass mlm_positions (and mlm_ids unless text_ids is it)")
+        shared = mlm and mlm_ids is None  # IRRA's shared caption: one text pass serves SDM, ID and MLM
+        out = self.encoder(images, text_ids, score_ids, image_sequence=mlm, text_sequence=shared)
+        if self.id_classifier is not None:
+            out["image_logits"] = self.id_classifier(out["image_feats"])  # (B, K)
+            out["text_logits"] = self.id_classifier(out["text_feats"])  # (B, K)
+        if mlm:
+            if shared:
+                text_tokens = out.pop("text_sequence")
+            else:
+                text_tokens = self.encoder.encode_text_tokens(mlm_ids, len(self.encoder.text_model.encoder.layers))
+            # (B, N, E) text tokens attend to the (B, 1 + M, E) image tokens -> (K, V) logits of the drawn tokens
+            out["mlm_logits"] = self.mlm(text_tokens, out.pop("image_sequence"), mlm_positions)
+        return out
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("encoder.")]
+
+
+def dual_encoder(module: nn.Module) -> CLIPDualEncoder:
+    """The pure dual encoder inside what DeepSpeed trains: what export and evaluation see."""
+    return module.encoder if isinstance(module, DualEncoderWithHeads) else module
+
+
+def build_training_model(config: Config, manifest: Manifest) -> nn.Module:
+    """The dual encoder (random or `model.pretrained`), with fresh heads for the losses that are on."""
+    encoder = build_model(config.model, tap_layer=config.nam.tap_layer)
+    loss = config.loss
+    if loss.id_weight == 0 and loss.mlm_weight == 0:
+        return encoder
+    if loss.id_weight > 0 and not manifest.num_identities:
+        raise ConfigError(
+            f"loss.id_weight > 0 needs the number of identities, but {manifest.root / MANIFEST} has no "
+            "num_identities (pack a benchmark's train split with python -m data.pack_benchmark, or set loss.id_weight=0)"
+        )
+    return DualEncoderWithHeads(
+        encoder,
+        num_identities=manifest.num_identities if loss.id_weight > 0 else None,
+        mlm_depth=loss.mlm_depth if loss.mlm_weight > 0 else None,
+    )
+
+
+def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+    """Optimizer groups: the encoder at optim.lr, the randomly initialised heads at lr * optim.head_lr_factor.
+    The scheduler scales every group by the same factor, so the heads keep their multiple throughout."""
+    if not isinstance(model, DualEncoderWithHeads):
+        return [{"params": list(model.parameters())}]
+    return [
+        {"params": list(model.encoder.parameters())},
+        {"params": model.head_parameters(), "lr": optim.lr * optim.head_lr_factor},
+    ]
+
+
+__all__ = ["DualEncoderWithHeads", "build_training_model", "dual_encoder", "parameter_groups"]
