@@ -305,50 +305,37 @@ def run_epoch(
         mininterval=5.0,
         leave=False,
     )
-    window_loss, window_batches, window_unscored, window_start = 0.0, 0, 0, time.perf_counter()
-    window_parts: dict = {}  # the loss's parts (with IRRA's heads), summed like window_loss
+    window = LossWindow()
+
+    def log_window() -> None:
+        lr = scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else scheduler.get_lr()[0]
+        sums = window.flush(batch_size=config.train.batch_size)
+        record = {"epoch": epoch, "batch": state.batches_done, "step": engine.global_steps, "loss": sums.pop("loss")}
+        record |= {"lr": lr, **sums}
+        log.write(record)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{record['samples_per_s']:.1f}")
+        if rank == 0:
+            tqdm.write(json.dumps(record))
+
     while state.batches_done < batches_per_epoch:
         batch = next_batch(items, position)
         # Damaged data can leave a rank short of the manifest's count: all ranks end the epoch together.
         if not collectives.all_ranks(batch is not None):
             if rank == 0:
                 print(f"epoch {epoch}: a rank ran out of data after {state.batches_done} batches", flush=True)
+            if window.batches:
+                log_window()
             break
         index = state.batches_done
         generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
         result = train_step(engine, batch, config, noise_table, epoch=epoch, generator=generator)
         state.batches_done = index + 1
-        window_loss = window_loss + result["loss"]  # stays on the device; synced only at log points
-        window_parts = {name: window_parts.get(name, 0.0) + part for name, part in result["loss_parts"].items()}
-        window_batches += 1
-        window_unscored += result["unscored"]
+        window.add(result)
         progress.update(1)
         boundary = engine.is_gradient_accumulation_boundary() or state.batches_done == batches_per_epoch
         step = engine.global_steps
         if state.batches_done % config.train.log_every_steps == 0 or state.batches_done == batches_per_epoch:
-            # host sync: once per log interval
-            loss_sum, count, unscored, *part_sums = collectives.all_reduce_sum(
-                [float(window_loss), window_batches, window_unscored, *map(float, window_parts.values())]
-            )
-            elapsed = time.perf_counter() - window_start
-            record = {
-                "epoch": epoch,
-                "batch": state.batches_done,
-                "step": step,
-                "loss": loss_sum / max(count, 1),
-                "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else scheduler.get_lr()[0],
-                "samples_per_s": count * config.train.batch_size / max(elapsed, 1e-9),
-                "unscored_captions": int(unscored),
-                **{f"loss_{name}": total / max(count, 1) for name, total in zip(window_parts, part_sums, strict=True)},
-            }
-            log.write(record)
-            progress.set_postfix(
-                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", samples_s=f"{record['samples_per_s']:.1f}"
-            )
-            if rank == 0:
-                tqdm.write(json.dumps(record))
-            window_loss, window_batches, window_unscored, window_start = 0.0, 0, 0, time.perf_counter()
-            window_parts = {}
+            log_window()
         if boundary and config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
             checkpoint(f"step{step:08d}")
         if boundary and config.train.max_steps and step >= config.train.max_steps:
@@ -363,6 +350,36 @@ def run_epoch(
             raise preemption.StoppedBySignal(stop_signals, step, f"step{step:08d}")
     progress.close()
     return False
+
+
+class LossWindow:
+    """The sums of one log interval. The loss stays on the device until `flush`, the one host sync."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.parts, self.batches, self.unscored, self.start = 0.0, {}, 0, 0, time.perf_counter()
+
+    def add(self, result: dict) -> None:
+        self.loss = self.loss + result["loss"]
+        self.parts = {name: self.parts.get(name, 0.0) + part for name, part in result["loss_parts"].items()}
+        self.batches += 1
+        self.unscored += result["unscored"]
+
+    def flush(self, *, batch_size: int) -> dict:
+        """Means over every rank's batches of the interval (a collective), then a fresh window."""
+        loss_sum, count, unscored, *part_sums = collectives.all_reduce_sum(
+            [float(self.loss), self.batches, self.unscored, *map(float, self.parts.values())]  # host sync
+        )
+        record = {
+            "loss": loss_sum / max(count, 1),
+            "samples_per_s": count * batch_size / max(time.perf_counter() - self.start, 1e-9),
+            "unscored_captions": int(unscored),
+            **{f"loss_{name}": total / max(count, 1) for name, total in zip(self.parts, part_sums, strict=True)},
+        }
+        self.reset()
+        return record
 
 
 def next_batch(items, position: DataPosition) -> dict | None:

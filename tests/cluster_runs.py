@@ -19,9 +19,19 @@ from tests.test_train_e2e import BATCHES_PER_EPOCH, TINY, free_port
 __all__ = ["BATCHES_PER_EPOCH", "REPO", "free_port", "records", "start_train_sh", "tiny_workspace", "wait_for"]
 
 
+def build_deepspeed_comm_extension() -> None:
+    """The first DeepSpeed run on a machine compiles a small C++ communication extension (about a minute), and
+    a source path that changed makes it compile again. Built here, once, and not inside a timed job whose ranks
+    would all wait on it (one such build, under srun, outlasted a 10-minute deadline)."""
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def tiny_workspace(root: Path) -> dict[str, Path]:
     """48 synthetic pedestrians packed into 4 shards (12 batches of 8 per rank and epoch on 2 ranks), a held-out
-    CUHK-PEDES-layout set, and the end-to-end tests' tiny config."""
+    CUHK-PEDES-layout set, and the end-to-end tests' tiny config; the DeepSpeed extension is built first."""
+    build_deepspeed_comm_extension()
     generate(root / "synthetic", seed=0, train_images=48, test_identities=8, images_per_test_identity=2, progress=False)
     raw = root / "synthetic" / "luperson_mllm"
     pack(raw / "imgs", [raw / f"{s}.json" for s in SOURCES], root / "shards", images_per_shard=12)

@@ -122,9 +122,10 @@ def test_a_stopped_job_checkpoints_requeues_and_the_requeued_job_resumes(cluster
         assert cluster.job(urgent)["JobState"] == "COMPLETED"
 
     stopped = [r for r in records(run_dir) if "stopped_after_step" in r]
-    assert len(stopped) == 1 and stopped[0]["signals"] == f"{signal} on 2 of 2 ranks", stopped
+    # Every rank gets the signal, but the one-step vote may count it on only the first to see it: both stop there.
+    assert len(stopped) == 1 and stopped[0]["signals"] in (f"{signal} on {n} of 2 ranks" for n in (1, 2)), stopped
     step = stopped[0]["stopped_after_step"]
-    assert f"stopped on {signal} on 2 of 2 ranks after step {step}: checkpoint step{step:08d} saved" in log
+    assert f"stopped on {stopped[0]['signals']} after step {step}: checkpoint step{step:08d} saved" in log
     assert f"step {step}\n" in log and "resumed from epoch" in log  # "resumed from epoch E, batch B, step N"
     steps = [r["step"] for r in records(run_dir) if "loss" in r]
     assert steps == list(range(1, epochs * BATCHES_PER_EPOCH + 1))  # each step once: resumed right after the stop
