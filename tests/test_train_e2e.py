@@ -286,3 +286,15 @@ def test_mid_epoch_resume_on_another_world_size_runs_only_the_rest_of_the_epoch(
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in records if r.get("epoch") == 1 and "batch" in r]
     assert resumed[-1]["batch"] == 16 and all(r["unscored_captions"] == 0 for r in resumed)
+
+
+def test_a_run_leaves_no_shared_memory_segments_behind(workspace):
+    """DeepSpeed's CPU all-reduce maps a 69 MB /dev/shm segment per rank and never unlinks it; ours does."""
+    port = free_port()
+    run_dir = workspace["root"] / "shm"
+    run(
+        [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "launcher.train"]
+        + ["--config", str(workspace["config"]), f"train.run_dir={run_dir}", "train.max_steps=2", "eval.every_epochs=0"]
+    )
+    assert (run_dir / "checkpoints" / "latest").read_text() == "step00000002"
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
