@@ -15,8 +15,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from engine.local_ranks import run_on_ranks
 from engine.noise_table import ShardedNoiseTable, quantise
+from tests.helpers import run_on_ranks
 
 CHUNK = 65536
 

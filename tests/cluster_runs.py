@@ -13,8 +13,7 @@ from pathlib import Path
 
 from data.pack import pack
 from data.synthetic import generate
-from tests.conftest import REPO, SOURCES
-from tests.test_train_e2e import BATCHES_PER_EPOCH, TINY, free_port
+from tests.helpers import BATCHES_PER_EPOCH, REPO, SOURCES, TINY, free_port
 
 __all__ = ["BATCHES_PER_EPOCH", "REPO", "free_port", "records", "start_train_sh", "tiny_workspace", "wait_for"]
 

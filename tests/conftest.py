@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models, a tiny hand-made caption set, and its packed shards."""
+"""Shared fixtures: a tiny hand-made caption set and its packed shards. Helpers live in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -13,58 +13,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import json
-import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from engine.config import ModelConfig
-
-SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
-COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 230, 30)}
-REPO = Path(__file__).resolve().parents[1]
-
-
-def tiny_model_config(**changes) -> ModelConfig:
-    """Width 64, 2 layers, 32x32 images (2x2 patches): fast enough for every unit test."""
-    values = dict(
-        image_size=(32, 32),
-        vision_width=64,
-        vision_layers=2,
-        vision_heads=2,
-        text_width=64,
-        text_layers=2,
-        text_heads=2,
-        embed_dim=32,
-        context_length=16,
-    )
-    return ModelConfig(**(values | changes))
-
-
-def write_caption_set(root: Path, *, images: int = 48, dirty_every: int = 10, seed: int = 0) -> Path:
-    """Plain-colour images and four caption files; every `dirty_every`-th dynamic qwen caption keeps a slot."""
-    rng = random.Random(seed)
-    (root / "imgs").mkdir(parents=True, exist_ok=True)
-    captions: dict[str, dict[str, str]] = {s: {} for s in SOURCES}
-    for index in range(images):
-        colour = rng.choice(sorted(COLOURS))
-        name = f"{index:05d}.jpg"
-        Image.new("RGB", (32, 64), COLOURS[colour]).save(root / "imgs" / name)
-        captions["Ts-qwen"][name] = f"a person in a {colour} shirt"
-        captions["Ts-shikra"][name] = f"the man wears {colour} clothes"
-        captions["Td-qwen"][name] = (
-            "a [clothing description] person" if index % dirty_every == 0 else f"a {colour} coat"
-        )
-        captions["Td-shikra"][name] = f"someone dressed in {colour}"
-    for source, mapping in captions.items():
-        (root / f"{source}.json").write_text(json.dumps(mapping))
-    return root
-
-
-def caption_files(root: Path) -> list[Path]:
-    return [root / f"{s}.json" for s in SOURCES]
+from tests.helpers import caption_files, write_caption_set
 
 
 @pytest.fixture

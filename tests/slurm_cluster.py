@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tests.helpers import free_port
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 COMMANDS = ("sbatch", "scontrol", "scancel", "squeue", "sinfo")
@@ -71,12 +72,6 @@ def missing_commands() -> list[str]:
     return [name for name in (*DAEMONS, "mungekey", *COMMANDS) if shutil.which(name) is None]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class SlurmCluster:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -104,10 +99,10 @@ class SlurmCluster:
         self.conf.write_text(
             SLURM_CONF.format(
                 root=self.root,
-                ctld_port=_free_port(),
-                slurmd_port=_free_port(),
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
                 cred_expire=CRED_EXPIRE_S,
-                cpus=max(2, os.cpu_count() or 1),  # 2 tasks even on a 1-core machine (config_overrides)
+                cpus=2,  # fixed, whatever the host has (config_overrides): the preemption test needs both taken
             )
         )
         munge = ["--key-file", str(key), "--socket", str(self.root / "munge.socket")]

@@ -4,7 +4,7 @@ import torch
 
 from benchmarks.benchmark_nam_step import MASK_PROB, StepRunner, time_steps
 from engine.nam import valid_token_mask
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 
 def test_both_modes_are_timed_for_each_step():

@@ -2,38 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from eval.benchmarks import DATASETS, BenchmarkError, load_split, split_stats
-
-
-def write_image(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (1, 1), (128, 64, 32)).save(path)
-
-
-def write_benchmark(root: Path, annotation_file: str, entries: Any, *, path_field: str | None) -> Path:
-    """Write the annotation file and, when path_field is given, a 1-pixel image for every entry."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / annotation_file).write_text(json.dumps(entries), encoding="utf-8")
-    if path_field is not None:
-        for entry in entries:
-            write_image(root / "imgs" / entry[path_field])
-    return root
-
-
-def cuhk_entry(split: str, pid: int, file_path: str, captions: list[str]) -> dict[str, Any]:
-    return {"split": split, "captions": captions, "file_path": file_path, "processed_tokens": [], "id": pid}
-
-
-def rstp_entry(split: str, pid: int, img_path: str, captions: list[str]) -> dict[str, Any]:
-    return {"id": pid, "img_path": img_path, "captions": captions, "split": split}
-
+from tests.helpers import cuhk_entry, rstp_entry, write_benchmark
 
 CUHK_ENTRIES = [
     cuhk_entry("train", 1, "train_query/p1_a.jpg", ["a man in red", "red shirt man"]),

@@ -23,7 +23,7 @@ from data.captioning.instructions import load_instructions
 from data.captioning.model import LocalCaptioner
 from data.captioning.tiny_model import build_tiny_model
 from data.synthetic import PRETRAIN_DIR, generate
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 IMAGES = 16

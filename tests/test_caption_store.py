@@ -120,7 +120,7 @@ def test_shards_of_another_format_give_one_line(tmp_path: Path):
 
 def test_mds_shards_give_the_same_images_as_tar_shards(tmp_path: Path):
     from data.pack import pack
-    from tests.conftest import caption_files, write_caption_set
+    from tests.helpers import caption_files, write_caption_set
 
     raw = write_caption_set(tmp_path / "raw", images=10)
     for fmt in ("wds", "mds"):

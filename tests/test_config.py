@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import Config, ConfigError, config_to_dict, load_config
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_defaults_carry_the_paper_recipe():

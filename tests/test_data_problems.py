@@ -15,9 +15,7 @@ from data.dataset import PROBLEMS, make_loader
 from data.pack import pack
 from data.position import DataPosition
 from data.records import MDSShards, PackedRecord, merge_mds_index, read_wds_shard, write_shard
-from tests.conftest import REPO, caption_files, write_caption_set
-from tests.test_dataset import stream
-from tests.test_train_e2e import TINY
+from tests.helpers import REPO, TINY, caption_files, stream, write_caption_set
 
 IMAGES, SHARDS = 160, 10  # 16 images x 4 captions per shard; 640 caption samples
 EVERY = 20  # one image (or caption) in 20 per kind: 5%
@@ -89,6 +87,7 @@ def damaged_shards(tmp_path: Path, fmt: str) -> tuple[Path, dict[str, int]]:
     return out, expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["wds", "mds"])
 def test_every_kind_of_damage_is_skipped_and_counted_exactly(tmp_path: Path, fmt: str):
     out, expected = damaged_shards(tmp_path, fmt)
@@ -107,6 +106,7 @@ def test_every_kind_of_damage_is_skipped_and_counted_exactly(tmp_path: Path, fmt
     assert any(c // 4 >= 144 for c in trained)  # shard 9's intact head was read
 
 
+@pytest.mark.slow
 def test_training_over_damaged_shards_completes_and_logs_the_counts(tmp_path: Path):
     out, expected = damaged_shards(tmp_path, "wds")
     config = yaml.safe_load(TINY)

@@ -7,36 +7,7 @@ import torch
 from data.dataset import CaptionSampleStream, make_loader
 from data.manifest import Manifest, ShardError
 from data.position import DataPosition
-from engine.config import AugmentConfig
-
-
-def stream(
-    shards: Path,
-    *,
-    rank: int = 0,
-    world: int = 1,
-    workers: int = 0,
-    epoch: int = 0,
-    batch: int = 5,
-    sampling: str = "every_caption",
-    remote: str | None = None,
-) -> CaptionSampleStream:
-    result = CaptionSampleStream(
-        Manifest.load(shards, remote=remote),
-        rank=rank,
-        world_size=world,
-        num_workers=workers,
-        batch_size=batch,
-        image_size=(32, 16),
-        augment=AugmentConfig(),
-        context_length=16,
-        seed=0,
-        shuffle_buffer=64,
-        sampling=sampling,
-        remote=remote,
-    )
-    result.set_epoch(epoch)
-    return result
+from tests.helpers import stream
 
 
 def batches(data: CaptionSampleStream, *, workers: int) -> list[dict]:
@@ -50,7 +21,7 @@ def caption_ids_seen(data: CaptionSampleStream, *, workers: int) -> list[int]:
 @pytest.fixture(params=["wds", "mds"])
 def shards_of_each_format(request, caption_set_dir: Path, tmp_path: Path) -> Path:
     from data.pack import pack
-    from tests.conftest import caption_files
+    from tests.helpers import caption_files
 
     out = tmp_path / f"shards_{request.param}"
     pack(caption_set_dir / "imgs", caption_files(caption_set_dir), out, images_per_shard=12, fmt=request.param)
@@ -64,9 +35,10 @@ def test_batches_are_images_tokens_pids_and_caption_ids(shards_of_each_format: P
     assert torch.equal(first["caption_id"] // 4, first["pid"])
 
 
+@pytest.mark.slow
 def test_both_formats_give_the_same_samples(caption_set_dir: Path, tmp_path: Path):
     from data.pack import pack
-    from tests.conftest import caption_files
+    from tests.helpers import caption_files
 
     seen = {}
     for fmt in ("wds", "mds"):
@@ -78,9 +50,10 @@ def test_both_formats_give_the_same_samples(caption_set_dir: Path, tmp_path: Pat
         assert torch.equal(a["image"], b["image"])  # same bytes, same per-sample augmentation
 
 
+@pytest.mark.slow
 def test_mds_streams_from_a_remote_into_an_empty_local_cache(caption_set_dir: Path, tmp_path: Path):
     from data.pack import pack
-    from tests.conftest import caption_files
+    from tests.helpers import caption_files
 
     pack(caption_set_dir / "imgs", caption_files(caption_set_dir), tmp_path / "remote", images_per_shard=12, fmt="mds")
     cache = tmp_path / "cache"
@@ -96,6 +69,7 @@ def test_batches_per_epoch_is_exact(packed_shards: Path, workers: int):
     assert len(caption_ids_seen(data, workers=workers)) == data.batches_per_epoch(0) * 5
 
 
+@pytest.mark.slow
 def test_two_ranks_by_two_workers_see_every_caption_exactly_once(shards_of_each_format: Path):
     for epoch in range(3):
         seen = Counter()
@@ -116,6 +90,7 @@ def test_one_caption_per_image_draws_one_caption_of_each_image_per_epoch(packed_
     assert len({frozenset(d) for d in draws}) == 3  # another caption of the image in another epoch
 
 
+@pytest.mark.slow
 def test_ranks_split_the_captions_and_the_split_changes_between_epochs(packed_shards: Path):
     assignments = [
         frozenset(caption_ids_seen(stream(packed_shards, rank=0, world=2, epoch=epoch, batch=1), workers=0))
@@ -124,6 +99,7 @@ def test_ranks_split_the_captions_and_the_split_changes_between_epochs(packed_sh
     assert len(set(assignments)) > 1  # captions meet other ranks: the noise table must follow them
 
 
+@pytest.mark.slow
 def test_order_is_deterministic_per_epoch_and_differs_between_epochs(packed_shards: Path):
     first = caption_ids_seen(stream(packed_shards, epoch=3), workers=2)
     assert first == caption_ids_seen(stream(packed_shards, epoch=3), workers=2)
@@ -147,6 +123,7 @@ def resumed_after(shards: Path, consumed: int, *, workers: int, batch: int = 5) 
     return rest, list(make_loader(data, num_workers=workers))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("workers", "consumed"), [(0, 7), (2, 1), (2, 8), (3, 13), (2, 37)])
 def test_resumed_stream_continues_exactly_where_the_checkpoint_was(
     shards_of_each_format: Path, workers: int, consumed: int

@@ -14,7 +14,7 @@ from eval.__main__ import main as eval_main
 from eval.benchmarks import load_split
 from eval.encode import encode_split
 from eval.report import top_k_rankings
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 
 @pytest.fixture

@@ -62,6 +62,7 @@ def test_split(tmp_path: Path):
     return load_split("cuhk-pedes", tmp_path / "s" / "cuhk_pedes", "test")
 
 
+@pytest.mark.slow
 def test_page_renders_every_image_with_hits_marked(test_split, tmp_path: Path):
     # Same-pid images score 1 and the rest 0: every query's first 2 images are hits, the other 8 misses.
     caption_pids, image_pids = torch.tensor(test_split.caption_pids), torch.tensor(test_split.image_pids)

@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.local_ranks import run_on_ranks
 from engine.model import build_model
 from eval.benchmarks import load_split
 from eval.encode import encode_split
-from tests.conftest import tiny_model_config
+from tests.helpers import run_on_ranks, tiny_model_config
 
 
 def encode_on_rank(rank: int, world: int, root: str) -> tuple[torch.Tensor, torch.Tensor]:

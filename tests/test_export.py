@@ -14,7 +14,7 @@ from engine.checkpoint import export_model
 from engine.model import build_model
 from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from eval.export import export_transformers, main, square_position_table, square_side
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 CAPTIONS = [
     "A woman in a red coat, black trousers and white sneakers.",

@@ -24,8 +24,7 @@ from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.model import CLIPDualEncoder
 from engine.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
 from engine.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
-from tests.conftest import REPO, tiny_model_config
-from tests.test_benchmarks import rstp_entry, write_benchmark
+from tests.helpers import REPO, rstp_entry, tiny_model_config, write_benchmark
 
 CAPTIONS = [
     "a woman in a red coat, black trousers and white sneakers",
@@ -152,6 +151,7 @@ def test_mlm_head_full_logits_agree_with_the_drawn_ones():
     torch.testing.assert_close(head(text, image, positions), full[positions], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_heads_and_both_encoders():
     model = tiny_heads_model()
     ids = caption_ids(4)
@@ -301,6 +301,7 @@ class RecordingEngine:
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_train_step_weights_and_logs_each_loss_part(shared: bool):
     from engine.trainer import train_step

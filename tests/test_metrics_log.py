@@ -11,7 +11,7 @@ import pytest
 
 from engine.config import LogConfig
 from engine.metrics_log import WANDB_RUN_ID_FILE, MetricsLog, wandb_fields
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.fixture(autouse=True)
@@ -46,6 +46,7 @@ def test_rank_zero_appends_json_lines_with_wall_time_and_other_ranks_write_nothi
     assert list(other.iterdir()) == []  # nor a wandb run
 
 
+@pytest.mark.slow
 def test_wandb_is_offline_by_default_and_a_resumed_run_continues_the_same_wandb_run(tmp_path, capfd):
     for step in (1, 2):
         log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True, log_config=LogConfig(), run_config={"lr": 1e-3})
@@ -107,6 +108,7 @@ log.close()
 """
 
 
+@pytest.mark.slow
 def test_a_wandb_service_killed_by_the_job_signal_costs_one_warning_and_no_traceback_at_exit(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", SERVICE_DIES, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120

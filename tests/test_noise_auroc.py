@@ -20,7 +20,7 @@ from eval.noise_auroc import (
     select_captions,
     word_token_spans,
 )
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 GROUP_KEYS = {"wrong", "correct", "auroc", "mean_noise"}
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engine.local_ranks import run_on_ranks
 from engine.noise_table import LEVELS, NOISE_RANGE, UNSCORED, ShardedNoiseTable, dequantise, quantise
+from tests.helpers import run_on_ranks
 
 SPACE, TOKENS, EPOCHS = 60, 6, 4
 

@@ -7,7 +7,7 @@ import pytest
 from data.captions import CaptionError, load_captions
 from data.pack import main as pack_main
 from data.pack import pack
-from tests.conftest import SOURCES, caption_files, write_caption_set
+from tests.helpers import SOURCES, caption_files, write_caption_set
 
 
 def test_dirty_dynamic_captions_take_the_static_caption_of_the_same_captioner(caption_set_dir: Path):

@@ -6,8 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from engine.plot import eval_curves, read_metrics, training_curves
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def write_run(run_dir) -> None:
@@ -32,6 +34,7 @@ def plot(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_plot_writes_one_png_with_the_later_record_of_a_retrained_step(tmp_path):
     run_dir = tmp_path / "run"
     write_run(run_dir)

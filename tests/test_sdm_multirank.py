@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from engine import collectives
-from engine.local_ranks import run_on_ranks
 from engine.losses import sdm_loss
+from tests.helpers import run_on_ranks
 
 GLOBAL_BATCH, IN_DIM, EMBED = 8, 6, 5
 

@@ -8,7 +8,7 @@ import kernels
 from engine.config import ConfigError, NamConfig
 from kernels import INVALID_TOKEN_VALUE, choose_implementation, token_patch_max_cosine, token_patch_max_cosine_ref
 from kernels.token_patch_max_cosine import BLOCK_D, BLOCK_M, BLOCK_N_MAX, token_patch_max_cosine_triton
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # The submodule itself: `kernels.token_patch_max_cosine` names the dispatching function (see kernels/__init__.py).
 triton_module = sys.modules["kernels.token_patch_max_cosine"]
@@ -124,6 +124,7 @@ def run_triton(text, image, valid=None) -> torch.Tensor:
     return token_patch_max_cosine(text, image, valid, impl="triton")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("batch", "n", "m", "d"), SHAPES, ids=lambda v: str(v))
 def test_triton_matches_reference_at_real_and_block_boundary_shapes(batch: int, n: int, m: int, d: int):
     text, image = correlated_tokens(batch, n, m, d, seed=n + m + d)
@@ -243,6 +244,7 @@ def test_config_selects_the_implementation_explicitly():
         NamConfig(kernel="cuda")
 
 
+@pytest.mark.slow
 def test_kernels_import_and_run_the_reference_without_the_triton_package():
     """An install without triton still imports kernels and runs auto/torch; impl='triton' says what is missing."""
     code = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,26 +15,10 @@ from safetensors.torch import load_file
 
 from data.pack import pack
 from data.synthetic import generate
-from tests.conftest import REPO, SOURCES
+from tests.helpers import BATCHES_PER_EPOCH, REPO, SOURCES, TINY, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.multirank]
 DEEPSPEED = Path(sys.executable).with_name("deepspeed")
-TINY = """
-model: {image_size: [64, 32], vision_width: 64, vision_layers: 2, vision_heads: 2, text_width: 64, text_layers: 2,
-        text_heads: 2, embed_dim: 32, context_length: 40}
-nam: {tap_layer: 1}
-data: {shards: SHARDS, num_workers: 0, shuffle_buffer: 64, augment: {crop_padding: 2}}
-optim: {lr: 1.0e-3}
-train: {epochs: 3, batch_size: 8, log_every_steps: 4}
-eval: {cuhk_pedes: CUHK}
-"""
-BATCHES_PER_EPOCH = 12  # 48 images x 4 captions / 2 ranks / batch 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from transformers import CLIPConfig, CLIPModel
 from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
 from engine.weights import TEXT_POSITIONS, VISION_POSITIONS, WeightsError, load_pretrained, resample_position_table
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 CONTEXT = 16
 # 2x2 grid, the "pretraining" resolution of these tiny checkpoints

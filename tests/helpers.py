@@ -1,0 +1,166 @@
+"""Helpers shared by the test modules: the tiny model and training config, a tiny hand-made caption set,
+fake copies of the three dataset annotation formats, a data stream over packed shards, free ports, and
+`run_on_ranks` for functions on several real gloo processes. Fixtures live in conftest.py; no test module
+imports another."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from data.dataset import CaptionSampleStream
+from data.manifest import Manifest
+from engine.config import AugmentConfig, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 230, 30)}
+
+
+def tiny_model_config(**changes) -> ModelConfig:
+    """Width 64, 2 layers, 32x32 images (2x2 patches): fast enough for every unit test."""
+    values = dict(
+        image_size=(32, 32),
+        vision_width=64,
+        vision_layers=2,
+        vision_heads=2,
+        text_width=64,
+        text_layers=2,
+        text_heads=2,
+        embed_dim=32,
+        context_length=16,
+    )
+    return ModelConfig(**(values | changes))
+
+
+def write_caption_set(root: Path, *, images: int = 48, dirty_every: int = 10, seed: int = 0) -> Path:
+    """Plain-colour images and four caption files; every `dirty_every`-th dynamic qwen caption keeps a slot."""
+    rng = random.Random(seed)
+    (root / "imgs").mkdir(parents=True, exist_ok=True)
+    captions: dict[str, dict[str, str]] = {s: {} for s in SOURCES}
+    for index in range(images):
+        colour = rng.choice(sorted(COLOURS))
+        name = f"{index:05d}.jpg"
+        Image.new("RGB", (32, 64), COLOURS[colour]).save(root / "imgs" / name)
+        captions["Ts-qwen"][name] = f"a person in a {colour} shirt"
+        captions["Ts-shikra"][name] = f"the man wears {colour} clothes"
+        captions["Td-qwen"][name] = (
+            "a [clothing description] person" if index % dirty_every == 0 else f"a {colour} coat"
+        )
+        captions["Td-shikra"][name] = f"someone dressed in {colour}"
+    for source, mapping in captions.items():
+        (root / f"{source}.json").write_text(json.dumps(mapping))
+    return root
+
+
+def caption_files(root: Path) -> list[Path]:
+    return [root / f"{s}.json" for s in SOURCES]
+
+
+# The end-to-end tests' tiny training config (SHARDS and CUHK are replaced by paths).
+TINY = """
+model: {image_size: [64, 32], vision_width: 64, vision_layers: 2, vision_heads: 2, text_width: 64, text_layers: 2,
+        text_heads: 2, embed_dim: 32, context_length: 40}
+nam: {tap_layer: 1}
+data: {shards: SHARDS, num_workers: 0, shuffle_buffer: 64, augment: {crop_padding: 2}}
+optim: {lr: 1.0e-3}
+train: {epochs: 3, batch_size: 8, log_every_steps: 4}
+eval: {cuhk_pedes: CUHK}
+"""
+BATCHES_PER_EPOCH = 12  # 48 images x 4 captions / 2 ranks / batch 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stream(
+    shards: Path,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    workers: int = 0,
+    epoch: int = 0,
+    batch: int = 5,
+    sampling: str = "every_caption",
+    remote: str | None = None,
+) -> CaptionSampleStream:
+    result = CaptionSampleStream(
+        Manifest.load(shards, remote=remote),
+        rank=rank,
+        world_size=world,
+        num_workers=workers,
+        batch_size=batch,
+        image_size=(32, 16),
+        augment=AugmentConfig(),
+        context_length=16,
+        seed=0,
+        shuffle_buffer=64,
+        sampling=sampling,
+        remote=remote,
+    )
+    result.set_epoch(epoch)
+    return result
+
+
+def write_image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (1, 1), (128, 64, 32)).save(path)
+
+
+def write_benchmark(root: Path, annotation_file: str, entries: Any, *, path_field: str | None) -> Path:
+    """Write the annotation file and, when path_field is given, a 1-pixel image for every entry."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / annotation_file).write_text(json.dumps(entries), encoding="utf-8")
+    if path_field is not None:
+        for entry in entries:
+            write_image(root / "imgs" / entry[path_field])
+    return root
+
+
+def cuhk_entry(split: str, pid: int, file_path: str, captions: list[str]) -> dict[str, Any]:
+    return {"split": split, "captions": captions, "file_path": file_path, "processed_tokens": [], "id": pid}
+
+
+def rstp_entry(split: str, pid: int, img_path: str, captions: list[str]) -> dict[str, Any]:
+    return {"id": pid, "img_path": img_path, "captions": captions, "split": split}
+
+
+def _worker(rank: int, world: int, port: int, function, args: tuple, results) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        results[rank] = ("ok", function(rank, world, *args))
+    except BaseException:  # report any failure to the parent instead of hanging it
+        results[rank] = ("error", traceback.format_exc())
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_on_ranks(world: int, function, *args) -> list:
+    """`function(rank, world, *args)` on `world` gloo processes; returns their results in rank order."""
+    context = mp.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(
+            _worker, args=(world, free_port(), function, args, results), nprocs=world, join=True, start_method="spawn"
+        )
+        collected = [results[rank] for rank in range(world)]
+    errors = [payload for status, payload in collected if status == "error"]
+    if errors:
+        raise AssertionError("a rank failed:\n" + errors[0])
+    return [payload for _, payload in collected]
