@@ -27,7 +27,7 @@ from engine.losses import sdm_loss
 from engine.model import CLIPDualEncoder
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID
-from kernels import token_patch_max_cosine
+from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 TAP_LAYER = 10  # layer l of METHOD.md §4
 MASK_PROB = 0.15  # p

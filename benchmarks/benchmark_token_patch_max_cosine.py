@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import triton.testing
 
-    from kernels.token_patch_max_cosine import token_patch_max_cosine_triton
+    from kernels.token_patch_max_cosine_triton import token_patch_max_cosine_triton
 
     device = torch.device("cuda")
     bench = functools.partial(triton.testing.do_bench, return_mode="median")

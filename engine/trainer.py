@@ -34,7 +34,7 @@ from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, va
 from engine.noise_table import ShardedNoiseTable
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
 from eval.during_training import TrainingEvaluator
-from kernels import token_patch_max_cosine
+from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 
 @dataclass

@@ -37,7 +37,7 @@ from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
 from engine.tokenizer import CLIPTokenizer
-from kernels import token_patch_max_cosine
+from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 NOISE_FILE = "noise_words.jsonl"
 NOISE_RECORD_FIELDS = frozenset({"file", "image", "char_start", "char_end", "wrong", "attribute"})

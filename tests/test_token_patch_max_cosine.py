@@ -4,14 +4,17 @@ import sys
 import pytest
 import torch
 
-import kernels
 from engine.config import ConfigError, NamConfig
-from kernels import INVALID_TOKEN_VALUE, choose_implementation, token_patch_max_cosine, token_patch_max_cosine_ref
-from kernels.token_patch_max_cosine import BLOCK_D, BLOCK_M, BLOCK_N_MAX, token_patch_max_cosine_triton
+from kernels import token_patch_max_cosine as dispatcher
+from kernels import token_patch_max_cosine_triton as triton_module
+from kernels.token_patch_max_cosine import (
+    INVALID_TOKEN_VALUE,
+    choose_implementation,
+    token_patch_max_cosine,
+    token_patch_max_cosine_ref,
+)
+from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX, token_patch_max_cosine_triton
 from tests.helpers import REPO
-
-# The submodule itself: `kernels.token_patch_max_cosine` names the dispatching function (see kernels/__init__.py).
-triton_module = sys.modules["kernels.token_patch_max_cosine"]
 
 
 def brute_force(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -232,7 +235,7 @@ def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
     def refuse(*args):
         raise AssertionError("auto on CPU must not reach the Triton launcher")
 
-    monkeypatch.setattr(kernels, "token_patch_max_cosine_triton", refuse)
+    monkeypatch.setattr(dispatcher, "token_patch_max_cosine_triton", refuse)
     text, image = correlated_tokens(2, 5, 7, 16, seed=8)
     assert torch.equal(token_patch_max_cosine(text, image, impl="auto"), token_patch_max_cosine_ref(text, image))
 
@@ -249,21 +252,15 @@ def test_kernels_import_and_run_the_reference_without_the_triton_package():
     """An install without triton still imports kernels and runs auto/torch; impl='triton' says what is missing."""
     code = (
         "import sys; sys.modules['triton'] = None\n"  # makes `import triton` fail as if it were not installed
-        "import torch, kernels\n"
+        "import torch\n"
+        "from kernels.token_patch_max_cosine import token_patch_max_cosine\n"
         "text, image = torch.randn(1, 3, 8), torch.randn(1, 4, 8)\n"
-        "assert kernels.token_patch_max_cosine(text, image, impl='auto').shape == (1, 3)\n"
+        "assert token_patch_max_cosine(text, image, impl='auto').shape == (1, 3)\n"
         "try:\n"
-        "    kernels.token_patch_max_cosine(text, image, impl='triton')\n"
+        "    token_patch_max_cosine(text, image, impl='triton')\n"
         "except ValueError as error:\n"
         "    assert 'needs the triton package' in str(error), error\n"
         "else:\n"
         "    raise AssertionError('impl=triton without triton did not fail')\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
-
-
-def test_the_package_name_stays_the_function_after_the_kernel_module_is_used():
-    import kernels.token_patch_max_cosine  # noqa: F401  (re-import: must not rebind the package attribute)
-
-    assert callable(kernels.token_patch_max_cosine) and kernels.token_patch_max_cosine is token_patch_max_cosine
-    assert isinstance(triton_module.token_patch_max_cosine_triton, type(token_patch_max_cosine))
