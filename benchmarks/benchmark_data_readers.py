@@ -25,7 +25,7 @@ from data.pack import pack
 from data.synthetic import generate
 from data.transforms import train_transform
 from engine.config import AugmentConfig
-from engine.tokenizer import CLIPTokenizer
+from data.tokenizer import CLIPTokenizer
 
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
 BATCH = 16

@@ -25,12 +25,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data.config import AugmentConfig
 from data.manifest import Manifest, ShardError
 from data.position import DONE, WorkerStart
 from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
+from data.tokenizer import CLIPTokenizer
 from data.transforms import train_transform
-from engine.config import AugmentConfig
-from engine.tokenizer import CLIPTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine import collectives
-from engine.config import ConfigError, ModelConfig, _build, config_to_dict
+from engine.config import ConfigError, ModelConfig, build_section, config_to_dict
 from engine.model import CLIPDualEncoder
 from engine.noise_table import ShardedNoiseTable
 from engine.training_model import dual_encoder
@@ -200,7 +200,7 @@ def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
         raise CheckpointError(f"checkpoint {tag_dir} lacks {MODEL_CONFIG_FILE} or {MODEL_FILE}")
     try:
         described = json.loads(config_path.read_text())
-        model_config = _build(ModelConfig, described["model"], "model")
+        model_config = build_section(ModelConfig, described["model"], "model")
         model = CLIPDualEncoder(model_config, tap_layer=int(described["tap_layer"]))
         missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
     except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError, SafetensorError) as error:

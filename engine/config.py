@@ -12,9 +12,11 @@ from pathlib import Path
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message is one line naming the field."""
+# The data sections and ConfigError live at the bottom of the import graph; they are re-exported here so that
+# everything above data/ finds the whole schema in one module.
+from data.config import AugmentConfig as AugmentConfig
+from data.config import ConfigError as ConfigError
+from data.config import DataConfig as DataConfig
 
 
 @dataclass
@@ -60,35 +62,6 @@ class ModelConfig:
     def grid(self) -> tuple[int, int]:
         """Patch grid (rows, cols): 24x8 at 384x128."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
-
-
-@dataclass
-class AugmentConfig:
-    """Training augmentation of METHOD.md §6; evaluation only resizes and normalises."""
-
-    hflip_prob: float = 0.5
-    crop_padding: int = 10  # pad each side, then random-crop back to image_size
-    erasing_prob: float = 0.5
-
-
-@dataclass
-class DataConfig:
-    shards: str = "data/luperson_mllm_shards"  # folder holding manifest.json and the shards (wds or MDS)
-    remote: str | None = None  # MDS only: where shards live (s3://..., gs://..., a path); `shards` is the local cache
-    num_workers: int = 2  # DataLoader workers per rank
-    shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
-    sampling: str = "every_caption"  # every caption its own sample (reference) | one_caption_per_image per epoch
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.sampling not in ("every_caption", "one_caption_per_image"):
-            raise ConfigError(
-                f"data.sampling must be one of every_caption, one_caption_per_image (got {self.sampling!r})"
-            )
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers must be >= 0 (got {self.num_workers})")
-        if self.shuffle_buffer < 1:
-            raise ConfigError(f"data.shuffle_buffer must be >= 1 (got {self.shuffle_buffer})")
 
 
 @dataclass
@@ -276,7 +249,7 @@ def _coerce(value: object, hint: object, where: str) -> object:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping of fields (got {value!r})")
-        return _build(hint, value, where)
+        return build_section(hint, value, where)
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -291,7 +264,9 @@ def _coerce(value: object, hint: object, where: str) -> object:
     raise ConfigError(f"{where}: unsupported type {hint}")
 
 
-def _build(cls: type, values: dict, where: str = "") -> object:
+def build_section(cls: type, values: dict, where: str = "") -> object:
+    """A config dataclass from a mapping (a YAML section, a checkpoint's saved model config), type-checked field by
+    field; `where` is the dotted prefix that error messages name."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -330,7 +305,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    return _build(Config, tree)
+    return build_section(Config, tree)
 
 
 def config_to_dict(config: object) -> dict:

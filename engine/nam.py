@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.tokenizer import MASK_ID
+from data.tokenizer import MASK_ID
 
 MASK_REPLACE_SHARE = 0.8  # of drawn tokens become <|mask|>
 RANDOM_REPLACE_SHARE = 0.1  # become a random ordinary token; the rest stay unchanged (BERT-style)

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from data.transforms import eval_transform
 from engine import collectives
 from engine.model import CLIPDualEncoder
-from engine.tokenizer import CLIPTokenizer
+from data.tokenizer import CLIPTokenizer
 from eval.benchmarks import RetrievalSplit
 
 

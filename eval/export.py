@@ -34,7 +34,7 @@ from transformers import CLIPTokenizer as HFCLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.model import CLIPDualEncoder
-from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from engine.weights import VISION_POSITIONS
 
 _BICUBIC = 3  # PIL.Image.BICUBIC, as data.transforms resizes
@@ -79,7 +79,7 @@ def _hf_config(model: CLIPDualEncoder, side: int) -> CLIPConfig:
 
 
 def _save_tokenizer(out_dir: Path, context_length: int) -> None:
-    """vocab.json and merges.txt of engine.tokenizer (last merge dropped, `<|mask|>` at 49405) via HF's class.
+    """vocab.json and merges.txt of data.tokenizer (last merge dropped, `<|mask|>` at 49405) via HF's class.
 
     Padding is `<|endoftext|>` as in HF's CLIP (ours pads with 0): the causal text tower never looks past the
     first EOT, so features agree. "!" (id 0) cannot be the pad token: HF would split it out of every caption."""

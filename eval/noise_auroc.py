@@ -36,7 +36,7 @@ from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
-from engine.tokenizer import CLIPTokenizer
+from data.tokenizer import CLIPTokenizer
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 NOISE_FILE = "noise_words.jsonl"

@@ -12,7 +12,7 @@ from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from engine.checkpoint import export_model
 from engine.model import build_model
-from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from eval.export import export_transformers, main, square_position_table, square_side
 from tests.helpers import tiny_model_config
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
-from engine.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 
 
 def caption_ids() -> torch.Tensor:

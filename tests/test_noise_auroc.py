@@ -11,7 +11,7 @@ from data.captions import DIRTY_CAPTION
 from data.synthetic import CAPTION_FILES
 from engine.checkpoint import export_model
 from engine.model import build_model
-from engine.tokenizer import CLIPTokenizer
+from data.tokenizer import CLIPTokenizer
 from eval.noise_auroc import (
     NoiseAurocError,
     attribute_spans,

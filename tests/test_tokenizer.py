@@ -4,7 +4,7 @@ import pytest
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
-from engine.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, VOCAB_SIZE, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, VOCAB_SIZE, CLIPTokenizer
 
 CAPTIONS = [
     "A woman in a red coat, black trousers and white sneakers, carrying a brown shoulder bag.",
