@@ -23,9 +23,9 @@ from data.dataset import CaptionSampleStream, make_loader
 from data.manifest import Manifest
 from data.pack import pack
 from data.synthetic import generate
+from data.tokenizer import CLIPTokenizer
 from data.transforms import train_transform
 from engine.config import AugmentConfig
-from data.tokenizer import CLIPTokenizer
 
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
 BATCH = 16

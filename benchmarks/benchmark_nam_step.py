@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from engine.config import ModelConfig
 from engine.losses import sdm_loss
 from engine.model import CLIPDualEncoder
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 TAP_LAYER = 10  # layer l of METHOD.md §4

@@ -80,7 +80,7 @@ def build_training_model(config: Config, manifest: Manifest) -> nn.Module:
     if loss.id_weight > 0 and not manifest.num_identities:
         raise ConfigError(
             f"loss.id_weight > 0 needs the number of identities, but {manifest.root / MANIFEST} has no "
-            "num_identities (pack a benchmark's train split with python -m data.pack_benchmark, or set loss.id_weight=0)"
+            "num_identities (pack a benchmark's train split with python -m data.pack_dataset, or set loss.id_weight=0)"
         )
     return DualEncoderWithHeads(
         encoder,

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from data.datasets import DatasetError, load_split
 from engine import collectives
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import build_model
 from eval import export, report
-from eval.benchmarks import BenchmarkError, load_split
 from eval.encode import encode_split
 from eval.html import write_html
 from eval.metrics import retrieval_metrics_from_features
@@ -94,7 +94,7 @@ def evaluate(args: argparse.Namespace) -> int:
     try:
         split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
         model, source = build(args)
-    except (BenchmarkError, CheckpointError, ConfigError) as error:
+    except (DatasetError, CheckpointError, ConfigError) as error:
         return fail(error)
     if split.missing_images:
         print(f"note: skipped {len(split.missing_images)} missing images and their captions", file=sys.stderr)

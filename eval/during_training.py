@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
+from data.datasets import DATASETS, DatasetError, RetrievalSplit, load_split
 from engine import collectives
 from engine.config import EvalConfig
 from engine.model import CLIPDualEncoder
-from eval.benchmarks import DATASETS, BenchmarkError, RetrievalSplit, load_split
 from eval.encode import encode_split
 from eval.metrics import retrieval_metrics_from_features
 
@@ -57,8 +57,8 @@ class TrainingEvaluator:
     def _load(name: str, root: str, split: str) -> RetrievalSplit:
         try:
             return load_split(name, root, split)
-        except BenchmarkError as error:
-            raise BenchmarkError(f"eval.{name.replace('-', '_')}: {error}") from None
+        except DatasetError as error:
+            raise DatasetError(f"eval.{name.replace('-', '_')}: {error}") from None
 
     @staticmethod
     def _warn(message: str) -> None:

@@ -13,11 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data.datasets import RetrievalSplit
+from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
 from engine import collectives
 from engine.model import CLIPDualEncoder
-from data.tokenizer import CLIPTokenizer
-from eval.benchmarks import RetrievalSplit
 
 
 def _quiet() -> bool:

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.model import CLIPDualEncoder
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from engine.weights import VISION_POSITIONS
 
 _BICUBIC = 3  # PIL.Image.BICUBIC, as data.transforms resizes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from eval.benchmarks import RetrievalSplit
+from data.datasets import RetrievalSplit
 from eval.report import top_k_rankings
 
 SAMPLE_SEED = 0

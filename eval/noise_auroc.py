@@ -31,12 +31,12 @@ from PIL import Image
 
 from data.captions import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
+from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
-from data.tokenizer import CLIPTokenizer
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 NOISE_FILE = "noise_words.jsonl"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from data.datasets import RetrievalSplit, split_stats
 from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE
 from engine.config import Config, config_to_dict
-from eval.benchmarks import RetrievalSplit, split_stats
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 HASH_BLOCK_BYTES = 1 << 20

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data.datasets import DATASETS, DatasetError, load_split
 from eval import report
-from eval.benchmarks import DATASETS, BenchmarkError, load_split
 
 
 def add_dataset_args(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def stats_main(argv: list[str]) -> int:
             load_split(args.dataset, args.root, s, skip_missing=args.skip_missing)
             for s in DATASETS[args.dataset].splits
         ]
-    except BenchmarkError as error:
+    except DatasetError as error:
         return fail(error)
     print(report.format_split_stats(splits, show_missing=args.skip_missing))
     return 0

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 from data.captions import CaptionError
+from data.datasets import DatasetError
 from data.manifest import ShardError
 from engine import liveness
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
 from engine.preemption import EXIT_RESUMABLE, StoppedBySignal, end_data_workers, install_stop_handlers, resume_target
-from eval.benchmarks import BenchmarkError
 
-USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, BenchmarkError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, DatasetError, FileNotFoundError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.datasets import load_split
 from engine.checkpoint import CheckpointError, export_model, load_exported_model
 from engine.model import build_model
 from eval.__main__ import main as eval_main
-from eval.benchmarks import load_split
 from eval.encode import encode_split
 from eval.report import top_k_rankings
 from tests.helpers import tiny_model_config

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.benchmarks import load_split
+from data.datasets import load_split
 from eval.html import SHOWN_PER_QUERY, sample_queries, write_html
 
 # The page is only a file: no sandbox (we run as root in CI), no GPU, nothing that reaches the network.

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.datasets import load_split
 from engine.model import build_model
-from eval.benchmarks import load_split
 from eval.encode import encode_split
 from tests.helpers import run_on_ranks, tiny_model_config
 

@@ -10,9 +10,9 @@ from transformers import CLIPModel, CLIPVisionConfig
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from engine.checkpoint import export_model
 from engine.model import build_model
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from eval.export import export_transformers, main, square_position_table, square_side
 from tests.helpers import tiny_model_config
 

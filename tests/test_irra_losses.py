@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from data.manifest import Manifest
+from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
 from engine.checkpoint import export_model, load_exported_model
 from engine.config import Config, ConfigError, load_config
 from engine.irra_heads import CrossModalMLM, mlm_masked_captions
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.model import CLIPDualEncoder
-from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
 from engine.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
 from tests.helpers import REPO, rstp_entry, tiny_model_config, write_benchmark
 
@@ -338,8 +338,8 @@ def test_train_step_weights_and_logs_each_loss_part(shared: bool):
 # --- data ----------------------------------------------------------------------------------------------------------
 
 
-def test_pack_benchmark_stores_contiguous_identity_labels(tmp_path: Path):
-    from data.pack_benchmark import pack_benchmark
+def test_pack_dataset_stores_contiguous_identity_labels(tmp_path: Path):
+    from data.pack_dataset import pack_dataset
 
     entries = [
         rstp_entry("train", 40, "0040_c1.jpg", ["forty a", "forty b"]),
@@ -349,7 +349,7 @@ def test_pack_benchmark_stores_contiguous_identity_labels(tmp_path: Path):
         rstp_entry("test", 99, "0099_c1.jpg", ["test only", "not packed"]),
     ]
     root = write_benchmark(tmp_path / "RSTPReid", "data_captions.json", entries, path_field="img_path")
-    written = pack_benchmark("rstpreid", root, tmp_path / "shards", images_per_shard=3)
+    written = pack_dataset("rstpreid", root, tmp_path / "shards", images_per_shard=3)
     assert written["num_identities"] == written["identities"] == 3
     assert Manifest.load(tmp_path / "shards").num_identities == 3
     pid_of = {}
@@ -393,13 +393,13 @@ def _deepspeed_module_state(tag_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def finetune_workspace(tmp_path_factory) -> dict[str, Path]:
-    from data.pack_benchmark import pack_benchmark
+    from data.pack_dataset import pack_dataset
     from data.synthetic import generate
 
     root = tmp_path_factory.mktemp("irra")
     generate(root / "synthetic", seed=0, train_images=4, test_identities=8, images_per_test_identity=2, progress=False)
     cuhk = root / "synthetic" / "cuhk_pedes"
-    manifest = pack_benchmark("cuhk-pedes", cuhk, root / "shards", images_per_shard=6)
+    manifest = pack_dataset("cuhk-pedes", cuhk, root / "shards", images_per_shard=6)
     assert (manifest["num_images"], manifest["num_identities"], manifest["num_captions"]) == (16, 8, 32)
     config = root / "tiny.yaml"
     text = TINY.replace("SHARDS", str(root / "shards")).replace("CUHK", str(cuhk))

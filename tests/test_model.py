@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.tokenizer import EOT_ID, CLIPTokenizer
 from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
-from data.tokenizer import EOT_ID, CLIPTokenizer
 from tests.helpers import tiny_model_config
 
 TINY = tiny_model_config(image_size=(64, 32), text_heads=4)  # grid 4x2 -> M = 8 patches

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
 
 def caption_ids() -> torch.Tensor:

@@ -9,9 +9,9 @@ import torch
 
 from data.captions import DIRTY_CAPTION
 from data.synthetic import CAPTION_FILES
+from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import export_model
 from engine.model import build_model
-from data.tokenizer import CLIPTokenizer
 from eval.noise_auroc import (
     NoiseAurocError,
     attribute_spans,

@@ -201,10 +201,10 @@ def test_eval_cli_on_two_ranks_gives_the_single_process_numbers(uninterrupted_ru
 def test_fine_tune_on_a_benchmark_train_split_from_our_pretrained_model(uninterrupted_run: Path, workspace):
     """The benchmark's train split packed with its pids (several images per identity), trained from the
     pretrained run's exported model, evaluated on its val and test splits."""
-    from data.pack_benchmark import pack_benchmark
+    from data.pack_dataset import pack_dataset
 
     shards = workspace["root"] / "cuhk_train_shards"
-    manifest = pack_benchmark("cuhk-pedes", workspace["cuhk"], shards, images_per_shard=6)
+    manifest = pack_dataset("cuhk-pedes", workspace["cuhk"], shards, images_per_shard=6)
     assert (manifest["num_images"], manifest["identities"], manifest["num_captions"]) == (16, 8, 32)
     run_dir = workspace["root"] / "finetune"
     result = train_in_one_process(

@@ -1,6 +1,6 @@
 """Pack a benchmark's train split into training shards with the benchmark's pids, for fine-tuning.
 
-    python -m data.pack_benchmark --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing]
+    python -m data.pack_dataset --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing]
 
 The shards have the layout `data.pack` writes for LUPerson-MLLM, so training reads them unchanged; the
 difference is that several images share an identity, so SDM's positives are the benchmark's pids. The pids are
@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.datasets import DATASETS, DatasetError, load_split
 from data.pack import ImageItem, write_shards
-from eval.benchmarks import DATASETS, BenchmarkError, load_split
 
 
-def pack_benchmark(
+def pack_dataset(
     dataset: str,
     root: str | Path,
     out_dir: Path,
@@ -47,7 +47,7 @@ def pack_benchmark(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.pack_benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.pack_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
     parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")
     args = parser.parse_args(argv)
     try:
-        manifest = pack_benchmark(
+        manifest = pack_dataset(
             args.dataset,
             args.root,
             args.out,
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             images_per_shard=args.images_per_shard,
             skip_missing=args.skip_missing,
         )
-    except BenchmarkError as error:
+    except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

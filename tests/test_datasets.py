@@ -1,4 +1,4 @@
-"""eval.benchmarks on tiny fake copies of the three annotation formats (METHOD.md §7)."""
+"""data.datasets on tiny fake copies of the three annotation formats (METHOD.md §7)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eval.benchmarks import DATASETS, BenchmarkError, load_split, split_stats
+from data.datasets import DATASETS, DatasetError, load_split, split_stats
 from tests.helpers import cuhk_entry, rstp_entry, write_benchmark
 
 CUHK_ENTRIES = [
@@ -112,48 +112,44 @@ def test_relative_root_gives_absolute_paths(rstp_root: Path, monkeypatch: pytest
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path: Path) -> None:
-    with pytest.raises(
-        BenchmarkError, match=r"unknown dataset 'market1501' \(valid: cuhk-pedes, icfg-pedes, rstpreid\)"
-    ):
+    with pytest.raises(DatasetError, match=r"unknown dataset 'market1501' \(valid: cuhk-pedes, icfg-pedes, rstpreid\)"):
         load_split("market1501", tmp_path, "test")
 
 
 def test_benchmark_error_is_a_value_error() -> None:
-    assert issubclass(BenchmarkError, ValueError)
+    assert issubclass(DatasetError, ValueError)
 
 
 def test_missing_root_names_the_expected_file(tmp_path: Path) -> None:
-    with pytest.raises(BenchmarkError, match=r"root .*nowhere is not a directory .*reid_raw\.json"):
+    with pytest.raises(DatasetError, match=r"root .*nowhere is not a directory .*reid_raw\.json"):
         load_split("cuhk-pedes", tmp_path / "nowhere", "test")
 
 
 def test_missing_annotation_file_names_it(tmp_path: Path) -> None:
-    with pytest.raises(BenchmarkError, match=r"annotation file ICFG-PEDES\.json not found in"):
+    with pytest.raises(DatasetError, match=r"annotation file ICFG-PEDES\.json not found in"):
         load_split("icfg-pedes", tmp_path, "test")
 
 
 def test_icfg_has_no_val_split(icfg_root: Path) -> None:
-    with pytest.raises(
-        BenchmarkError, match=r"ICFG-PEDES has no split 'val' \(valid: train, test\) in ICFG-PEDES\.json"
-    ):
+    with pytest.raises(DatasetError, match=r"ICFG-PEDES has no split 'val' \(valid: train, test\) in ICFG-PEDES\.json"):
         load_split("icfg-pedes", icfg_root, "val")
 
 
 def test_split_with_no_entries(tmp_path: Path) -> None:
     root = write_benchmark(tmp_path, "data_captions.json", RSTP_ENTRIES[:1], path_field="img_path")
-    with pytest.raises(BenchmarkError, match=r"data_captions\.json has no entries with split 'test'"):
+    with pytest.raises(DatasetError, match=r"data_captions\.json has no entries with split 'test'"):
         load_split("rstpreid", root, "test")
 
 
 def test_malformed_json_names_the_file_and_position(tmp_path: Path) -> None:
     (tmp_path / "reid_raw.json").write_text('[{"split": "test",', encoding="utf-8")
-    with pytest.raises(BenchmarkError, match=r"reid_raw\.json is not valid JSON: .* line 1 column"):
+    with pytest.raises(DatasetError, match=r"reid_raw\.json is not valid JSON: .* line 1 column"):
         load_split("cuhk-pedes", tmp_path, "test")
 
 
 def test_top_level_must_be_a_list(tmp_path: Path) -> None:
     (tmp_path / "reid_raw.json").write_text('{"split": "test"}', encoding="utf-8")
-    with pytest.raises(BenchmarkError, match=r"reid_raw\.json must hold a JSON list of entries \(got dict\)"):
+    with pytest.raises(DatasetError, match=r"reid_raw\.json must hold a JSON list of entries \(got dict\)"):
         load_split("cuhk-pedes", tmp_path, "test")
 
 
@@ -178,7 +174,7 @@ def test_top_level_must_be_a_list(tmp_path: Path) -> None:
 )
 def test_broken_entry_names_its_index_and_field(tmp_path: Path, broken_entry: Any, message: str) -> None:
     write_benchmark(tmp_path, "data_captions.json", [RSTP_ENTRIES[0], broken_entry], path_field=None)
-    with pytest.raises(BenchmarkError, match=r"data_captions\.json " + message):
+    with pytest.raises(DatasetError, match=r"data_captions\.json " + message):
         load_split("rstpreid", tmp_path, "train")  # entries of every split are checked, not only the one asked for
 
 
@@ -187,7 +183,7 @@ def test_missing_images_raise_with_count_and_first_three(tmp_path: Path) -> None
     root = write_benchmark(tmp_path, "data_captions.json", entries, path_field="img_path")
     for pid in (1, 2, 4, 5):
         (root / "imgs" / f"{pid:04d}.jpg").unlink()
-    with pytest.raises(BenchmarkError) as caught:
+    with pytest.raises(DatasetError) as caught:
         load_split("rstpreid", root, "test")
     message = str(caught.value)
     assert "4 of 6 images" in message and "data_captions.json" in message and "skip_missing=True" in message

@@ -1,4 +1,4 @@
-"""Readers for the three text-to-image person re-id benchmarks (METHOD.md §7).
+"""Readers for the three text-to-image person re-id datasets (CUHK-PEDES, ICFG-PEDES, RSTPReid; formats in docs/method.md).
 
 Each dataset root holds one annotation file and an `imgs/` folder beside it:
 
@@ -23,13 +23,13 @@ IMAGE_DIR = "imgs"
 MISSING_PATHS_SHOWN = 3
 
 
-class BenchmarkError(ValueError):
-    """A benchmark root, annotation file or split that cannot be read; the message is one line naming the file."""
+class DatasetError(ValueError):
+    """A dataset root, annotation file or split that cannot be read; the message is one line naming the file."""
 
 
 @dataclass(frozen=True)
-class BenchmarkFormat:
-    """How one benchmark lays out its annotation file."""
+class DatasetFormat:
+    """How one dataset lays out its annotation file."""
 
     display_name: str
     annotation_file: str  # file name inside the dataset root
@@ -38,10 +38,10 @@ class BenchmarkFormat:
     pid_offset: int  # pid = id - pid_offset
 
 
-DATASETS: dict[str, BenchmarkFormat] = {
-    "cuhk-pedes": BenchmarkFormat("CUHK-PEDES", "reid_raw.json", "file_path", ("train", "val", "test"), pid_offset=1),
-    "icfg-pedes": BenchmarkFormat("ICFG-PEDES", "ICFG-PEDES.json", "file_path", ("train", "test"), pid_offset=0),
-    "rstpreid": BenchmarkFormat("RSTPReid", "data_captions.json", "img_path", ("train", "val", "test"), pid_offset=0),
+DATASETS: dict[str, DatasetFormat] = {
+    "cuhk-pedes": DatasetFormat("CUHK-PEDES", "reid_raw.json", "file_path", ("train", "val", "test"), pid_offset=1),
+    "icfg-pedes": DatasetFormat("ICFG-PEDES", "ICFG-PEDES.json", "file_path", ("train", "test"), pid_offset=0),
+    "rstpreid": DatasetFormat("RSTPReid", "data_captions.json", "img_path", ("train", "val", "test"), pid_offset=0),
 }
 
 
@@ -60,24 +60,24 @@ class RetrievalSplit:
 
 
 def load_split(dataset: str, root: str | Path, split: str, *, skip_missing: bool = False) -> RetrievalSplit:
-    """Read one split of a benchmark. Missing image files raise BenchmarkError unless `skip_missing`,
+    """Read one split of a layout. Missing image files raise DatasetError unless `skip_missing`,
     which drops them with their captions and lists them in `missing_images`."""
-    benchmark = _benchmark_format(dataset)
-    if split not in benchmark.splits:
-        raise BenchmarkError(
-            f"{benchmark.display_name} has no split {split!r} (valid: {', '.join(benchmark.splits)}) "
-            f"in {benchmark.annotation_file}"
+    layout = _dataset_format(dataset)
+    if split not in layout.splits:
+        raise DatasetError(
+            f"{layout.display_name} has no split {split!r} (valid: {', '.join(layout.splits)}) "
+            f"in {layout.annotation_file}"
         )
     root = Path(root).expanduser().absolute()
-    annotation_path = _annotation_path(benchmark, root)
-    entries = [entry for entry in _read_entries(benchmark, annotation_path) if entry["split"] == split]
+    annotation_path = _annotation_path(layout, root)
+    entries = [entry for entry in _read_entries(layout, annotation_path) if entry["split"] == split]
     if not entries:
-        raise BenchmarkError(f"{annotation_path} has no entries with split {split!r}")
-    loaded = _split_from_entries(entries, benchmark=benchmark, image_dir=root / IMAGE_DIR, split=split)
+        raise DatasetError(f"{annotation_path} has no entries with split {split!r}")
+    loaded = _split_from_entries(entries, layout=layout, image_dir=root / IMAGE_DIR, split=split)
     missing = [path for path in loaded.image_paths if not path.is_file()]
     if missing and not skip_missing:
         shown = ", ".join(str(path) for path in missing[:MISSING_PATHS_SHOWN])
-        raise BenchmarkError(
+        raise DatasetError(
             f"{len(missing)} of {len(loaded.image_paths)} images of split {split!r} in {annotation_path} are missing "
             f"(first: {shown}); pass skip_missing=True to drop them"
         )
@@ -89,67 +89,65 @@ def split_stats(split: RetrievalSplit) -> dict[str, int]:
     return {"ids": len(set(split.image_pids)), "images": len(split.image_paths), "captions": len(split.captions)}
 
 
-def _benchmark_format(dataset: str) -> BenchmarkFormat:
+def _dataset_format(dataset: str) -> DatasetFormat:
     key = dataset.lower()
     if key not in DATASETS:
-        raise BenchmarkError(f"unknown dataset {dataset!r} (valid: {', '.join(DATASETS)})")
+        raise DatasetError(f"unknown dataset {dataset!r} (valid: {', '.join(DATASETS)})")
     return DATASETS[key]
 
 
-def _annotation_path(benchmark: BenchmarkFormat, root: Path) -> Path:
+def _annotation_path(layout: DatasetFormat, root: Path) -> Path:
     if not root.is_dir():
-        raise BenchmarkError(
-            f"{benchmark.display_name} root {root} is not a directory (expected it to hold "
-            f"{benchmark.annotation_file} and {IMAGE_DIR}/)"
+        raise DatasetError(
+            f"{layout.display_name} root {root} is not a directory (expected it to hold "
+            f"{layout.annotation_file} and {IMAGE_DIR}/)"
         )
-    annotation_path = root / benchmark.annotation_file
+    annotation_path = root / layout.annotation_file
     if not annotation_path.is_file():
-        raise BenchmarkError(
-            f"{benchmark.display_name} annotation file {benchmark.annotation_file} not found in {root}"
-        )
+        raise DatasetError(f"{layout.display_name} annotation file {layout.annotation_file} not found in {root}")
     return annotation_path
 
 
-def _read_entries(benchmark: BenchmarkFormat, annotation_path: Path) -> list[dict[str, Any]]:
+def _read_entries(layout: DatasetFormat, annotation_path: Path) -> list[dict[str, Any]]:
     """Parse the annotation file and check every entry's fields (all splits, so a broken file fails early)."""
     try:
         entries = json.loads(annotation_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise BenchmarkError(
+        raise DatasetError(
             f"{annotation_path} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise BenchmarkError(f"cannot read {annotation_path}: {error}") from None
+        raise DatasetError(f"cannot read {annotation_path}: {error}") from None
     if not isinstance(entries, list):
-        raise BenchmarkError(f"{annotation_path} must hold a JSON list of entries (got {type(entries).__name__})")
+        raise DatasetError(f"{annotation_path} must hold a JSON list of entries (got {type(entries).__name__})")
     for index, entry in enumerate(entries):
-        _check_entry(entry, index=index, benchmark=benchmark, annotation_path=annotation_path)
+        _check_entry(entry, index=index, layout=layout, annotation_path=annotation_path)
     return entries
 
 
-def _check_entry(entry: Any, *, index: int, benchmark: BenchmarkFormat, annotation_path: Path) -> None:
+def _check_entry(entry: Any, *, index: int, layout: DatasetFormat, annotation_path: Path) -> None:
     where = f"{annotation_path} entry {index}"
     if not isinstance(entry, dict):
-        raise BenchmarkError(f"{where} must be a JSON object (got {type(entry).__name__})")
-    for field_name in ("id", "split", "captions", benchmark.image_path_field):
+        raise DatasetError(f"{where} must be a JSON object (got {type(entry).__name__})")
+    for field_name in ("id", "split", "captions", layout.image_path_field):
         if field_name not in entry:
-            raise BenchmarkError(f"{where} is missing field {field_name!r}")
+            raise DatasetError(f"{where} is missing field {field_name!r}")
     if isinstance(entry["id"], bool) or not isinstance(entry["id"], int):
-        raise BenchmarkError(f"{where} field 'id' must be an integer (got {entry['id']!r})")
+        raise DatasetError(f"{where} field 'id' must be an integer (got {entry['id']!r})")
     if not isinstance(entry["split"], str):
-        raise BenchmarkError(f"{where} field 'split' must be a string (got {entry['split']!r})")
-    if not isinstance(entry[benchmark.image_path_field], str) or not entry[benchmark.image_path_field]:
-        raise BenchmarkError(f"{where} field {benchmark.image_path_field!r} must be a non-empty string path")
+        raise DatasetError(f"{where} field 'split' must be a string (got {entry['split']!r})")
+    if not isinstance(entry[layout.image_path_field], str) or not entry[layout.image_path_field]:
+        raise DatasetError(f"{where} field {layout.image_path_field!r} must be a non-empty string path")
     captions = entry["captions"]
     if not isinstance(captions, list) or not all(isinstance(caption, str) for caption in captions):
-        raise BenchmarkError(f"{where} field 'captions' must be a list of strings (got {type(captions).__name__})")
+        raise DatasetError(f"{where} field 'captions' must be a list of strings (got {type(captions).__name__})")
 
 
 def _split_from_entries(
-    entries: list[dict[str, Any]], *, benchmark: BenchmarkFormat, image_dir: Path, split: str
+    entries: list[dict[str, Any]], *, layout: DatasetFormat, image_dir: Path, split: str
 ) -> RetrievalSplit:
     loaded = RetrievalSplit(
-        dataset=benchmark.display_name,
+        dataset=layout.display_name,
         split=split,
         image_paths=[],
         image_pids=[],
@@ -158,8 +156,8 @@ def _split_from_entries(
         caption_image_indices=[],
     )
     for image_index, entry in enumerate(entries):
-        pid = entry["id"] - benchmark.pid_offset
-        loaded.image_paths.append(image_dir / entry[benchmark.image_path_field])
+        pid = entry["id"] - layout.pid_offset
+        loaded.image_paths.append(image_dir / entry[layout.image_path_field])
         loaded.image_pids.append(pid)
         loaded.captions.extend(entry["captions"])
         loaded.caption_pids.extend([pid] * len(entry["captions"]))
