@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import deepspeed
 import torch
@@ -25,16 +27,24 @@ from engine.checkpoint import (
     resolve_tag_dir,
     save_checkpoint,
 )
-from engine.config import Config, config_to_dict
+from engine.config import Config, EvalConfig, config_to_dict
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
-from engine.irra_heads import mlm_masked_captions
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
+from engine.model.heads import mlm_masked_captions
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.noise_table import ShardedNoiseTable
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
-from eval.during_training import TrainingEvaluator
 from kernels.token_patch_max_cosine import token_patch_max_cosine
+
+
+class InTrainingEvaluator(Protocol):
+    """What the loop needs from an evaluator (eval/during_training.py has the real one; the launcher hands it in, so
+    the engine never imports eval/)."""
+
+    def due(self, epochs_done: int) -> bool: ...
+
+    def evaluate(self, model: torch.nn.Module, device: torch.device) -> list[dict]: ...
 
 
 @dataclass
@@ -128,8 +138,14 @@ def train_step(
     return {"loss": loss.detach(), "unscored": unscored, "loss_parts": loss_parts}
 
 
-def train(config: Config, *, resume: str | None = None) -> Path:
-    """Runs (or resumes) pretraining; returns the folder of the final exported model."""
+def train(
+    config: Config,
+    *,
+    resume: str | None = None,
+    make_evaluator: Callable[[EvalConfig], InTrainingEvaluator] | None = None,
+) -> Path:
+    """Runs (or resumes) pretraining; returns the folder of the final exported model. `make_evaluator` builds the
+    in-training evaluator once the process group exists (None: no evaluation during training)."""
     init_distributed(collective_timeout_s=config.train.collective_timeout_s, heartbeat=True)
     rank, world = collectives.rank(), collectives.world_size()
     run_dir = Path(config.train.run_dir)
@@ -167,7 +183,7 @@ def train(config: Config, *, resume: str | None = None) -> Path:
         model=model, model_parameters=parameter_groups(model, config.optim), config=ds_config
     )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
-    evaluator = TrainingEvaluator(config.eval)
+    evaluator = make_evaluator(config.eval) if make_evaluator else None
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
         state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream, position)
@@ -223,7 +239,7 @@ def train(config: Config, *, resume: str | None = None) -> Path:
             position.new_epoch()
             tag = f"epoch{epoch + 1:04d}"
             checkpoint(tag)
-            if evaluator.due(epoch + 1):
+            if evaluator and evaluator.due(epoch + 1):
                 evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
         final_dir = run_dir / "final"
         if rank == 0:
@@ -235,7 +251,7 @@ def train(config: Config, *, resume: str | None = None) -> Path:
 
 
 def evaluate(
-    evaluator: TrainingEvaluator, engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
+    evaluator: InTrainingEvaluator, engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
 ) -> None:
     """Scores the configured benchmarks (all ranks extract); rank 0 logs and keeps best.json on validation R1."""
     for record in evaluator.evaluate(dual_encoder(engine.module), device()):

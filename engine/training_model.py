@@ -15,8 +15,8 @@ from torch import nn
 
 from data.manifest import MANIFEST, Manifest
 from engine.config import Config, ConfigError, OptimConfig
-from engine.irra_heads import CrossModalMLM, IdentityClassifier
 from engine.model import CLIPDualEncoder, build_model
+from engine.model.heads import CrossModalMLM, IdentityClassifier
 
 
 class DualEncoderWithHeads(nn.Module):

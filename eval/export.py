@@ -35,7 +35,7 @@ from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.model import CLIPDualEncoder
-from engine.weights import VISION_POSITIONS
+from engine.model.weights import VISION_POSITIONS
 
 _BICUBIC = 3  # PIL.Image.BICUBIC, as data.transforms resizes
 

@@ -48,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
         resume = resume_target(args.resume, Path(config.train.run_dir), announce=rank0)
         from engine.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
+        from eval.during_training import TrainingEvaluator
 
-        final = train(config, resume=resume)
+        final = train(config, resume=resume, make_evaluator=TrainingEvaluator)
         clean = True
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr, flush=True)

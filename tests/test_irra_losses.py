@@ -20,9 +20,9 @@ from data.manifest import Manifest
 from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
 from engine.checkpoint import export_model, load_exported_model
 from engine.config import Config, ConfigError, load_config
-from engine.irra_heads import CrossModalMLM, mlm_masked_captions
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.model import CLIPDualEncoder
+from engine.model.heads import CrossModalMLM, mlm_masked_captions
 from engine.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
 from tests.helpers import REPO, rstp_entry, tiny_model_config, write_benchmark
 

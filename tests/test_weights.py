@@ -12,7 +12,13 @@ from transformers import CLIPConfig, CLIPModel
 
 from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
-from engine.weights import TEXT_POSITIONS, VISION_POSITIONS, WeightsError, load_pretrained, resample_position_table
+from engine.model.weights import (
+    TEXT_POSITIONS,
+    VISION_POSITIONS,
+    WeightsError,
+    load_pretrained,
+    resample_position_table,
+)
 from tests.helpers import tiny_model_config
 
 CONTEXT = 16

@@ -234,13 +234,3 @@ class CLIPDualEncoder(nn.Module):
                 out["score_tokens"] = self.encode_text_tokens(score_ids, self.tap_layer)  # (B, N, E), detached
             out["image_tokens"] = image_tokens  # (B, M, E), detached
         return out
-
-
-def build_model(cfg: ModelConfig, tap_layer: int) -> CLIPDualEncoder:
-    """Random CLIP-style init, then the local checkpoint at `cfg.pretrained` if one is named."""
-    model = CLIPDualEncoder(cfg, tap_layer=tap_layer)
-    if cfg.pretrained:
-        from engine.weights import load_pretrained  # weights.py needs this module's classes for its type hints
-
-        load_pretrained(model, cfg.pretrained)
-    return model

@@ -18,15 +18,12 @@ import math
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from engine.config import ConfigError
-
-if TYPE_CHECKING:
-    from engine.model import CLIPDualEncoder
+from engine.model.clip import CLIPDualEncoder
 
 VISION_POSITIONS = "vision_model.embeddings.position_embedding.weight"
 TEXT_POSITIONS = "text_model.embeddings.position_embedding.weight"
