@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.captions import CaptionError, load_captions
+from data.caption_files import CaptionError, load_captions
 from data.manifest import MANIFEST
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 

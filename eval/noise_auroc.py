@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.captions import DIRTY_CAPTION, CaptionError, read_caption_file
+from data.caption_files import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform

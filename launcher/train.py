@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from data.captions import CaptionError
+from data.caption_files import CaptionError
 from data.datasets import DatasetError
 from data.manifest import ShardError
 from engine import liveness

@@ -1,7 +1,7 @@
 """Two nodes simulated on this machine: launcher/train.sh started twice with a two-host hostfile, node ranks
 0 and 1 and the rendezvous on loopback (the deepspeed launcher's --no_ssh mode, as on nodes without ssh).
 Together they form one 2-rank job that trains, checkpoints, and resumes when the same commands run again;
-python -m engine.plot then draws its curves."""
+python -m eval.plot then draws its curves."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_two_simulated_nodes_train_checkpoint_and_resume(tmp_path):
     assert (run_dir / "final" / "model.safetensors").is_file()
 
     plotted = subprocess.run(
-        [sys.executable, "-m", "engine.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "eval.plot", str(run_dir)], cwd=REPO, capture_output=True, text=True
     )
     assert plotted.returncode == 0 and (run_dir / "curves.png").stat().st_size > 10_000, plotted.stderr
 

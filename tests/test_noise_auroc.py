@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.captions import DIRTY_CAPTION
+from data.caption_files import DIRTY_CAPTION
 from data.synthetic import CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import export_model

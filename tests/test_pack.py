@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from data.captions import CaptionError, load_captions
+from data.caption_files import CaptionError, load_captions
 from data.pack import main as pack_main
 from data.pack import pack
 from tests.helpers import SOURCES, caption_files, write_caption_set

@@ -1,4 +1,4 @@
-"""python -m engine.plot RUN_DIR: loss, learning rate, throughput and eval curves of a run in one PNG."""
+"""python -m eval.plot RUN_DIR: loss, learning rate, throughput and eval curves of a run in one PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from engine.plot import eval_curves, read_metrics, training_curves
+from eval.plot import eval_curves, read_metrics, training_curves
 from tests.helpers import REPO
 
 
@@ -30,7 +30,7 @@ def write_run(run_dir) -> None:
 
 def plot(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine.plot", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "eval.plot", *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
 
 

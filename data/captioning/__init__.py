@@ -1,10 +1,11 @@
-"""Building LUPerson-MLLM captions with local multimodal LLMs (TDE, METHOD.md §2).
+"""Building LUPerson-MLLM captions with local multimodal LLMs (TDE; see docs/captioning.md).
 
 - `instructions`: the static and dynamic instructions and the template bank (configs/captioning/tde_instructions.yaml),
   and the per-image template choice.
 - `images`: the images to caption, from a folder or from packed shards, and their split over ranks.
 - `model`: a local vision-language model loaded through transformers; batched generation.
 - `store`: the resumable output (append-only part files per rank, failures, the merge into caption JSON).
-- `run`: the captioning loop that ties them together; `python -m data.caption` is its command line.
+- `run`: the captioning loop that ties them together; `cli` is its command line, `python -m data.captioning`.
+- `stats`: the diversity report of caption files, `python -m data.captioning.stats`.
 - `tiny_model`: a tiny randomly initialised Qwen2-VL for tests and CPU measurements.
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from data.captions import DIRTY_CAPTION
+from data.caption_files import DIRTY_CAPTION
 
 DEFAULT_INSTRUCTIONS = Path(__file__).resolve().parents[2] / "configs" / "captioning" / "tde_instructions.yaml"
 TEMPLATE_FIELD = "{template}"

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data.caption_files import DIRTY_CAPTION
 from data.captioning.images import ImageRef, list_folder, list_shards, rank_of
 from data.captioning.instructions import DEFAULT_INSTRUCTIONS, MODES, CaptioningError, load_instructions
 from data.captioning.model import DTYPES, Decoding, LocalCaptioner
 from data.captioning.store import CaptionStore, MergeSummary
-from data.captions import DIRTY_CAPTION
 
 ABORT_AFTER_FAILURES = 16  # generation failing this many times before any success means a setup problem
 

@@ -32,7 +32,7 @@ depend only on the seed and their own index, never on generation order or on how
 """
 
 from data.synthetic.attributes import ATTRIBUTE_VOCABULARY, PersonAttributes, sample_attributes
-from data.synthetic.captions import (
+from data.synthetic.caption_writer import (
     CAPTION_FILES,
     Caption,
     fill_template,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from data.synthetic.attributes import PersonAttributes, sample_attributes
-from data.synthetic.captions import CAPTION_FILES, make_caption
+from data.synthetic.caption_writer import CAPTION_FILES, make_caption
 from data.synthetic.errors import SyntheticDataError
 from data.synthetic.output import IMAGE_DIR, save_jpeg, write_json, write_jsonl
 from data.synthetic.render import draw_person

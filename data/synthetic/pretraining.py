@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from data.synthetic.attributes import sample_attributes
-from data.synthetic.captions import CAPTION_FILES, make_caption
+from data.synthetic.caption_writer import CAPTION_FILES, make_caption
 from data.synthetic.output import IMAGE_DIR, save_jpeg, write_json, write_jsonl
 from data.synthetic.render import draw_person
 from data.synthetic.streams import Stream, stream_rng

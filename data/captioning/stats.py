@@ -1,6 +1,6 @@
 """How diverse are the captions of a caption file? Static against dynamic TDE captions, as in the paper's Fig. 1.
 
-    python -m data.caption_stats Ts-qwen.json Td-qwen.json [--json]
+    python -m data.captioning.stats Ts-qwen.json Td-qwen.json [--json]
 
 Per file, over all its captions (words: lowercased letters, digits and apostrophes; sentences: split at . ! ?):
 - distinct-n, n = 1..4: distinct n-grams / all n-grams, n-grams taken within each caption;
@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from data.captions import CaptionError, read_caption_file
+from data.caption_files import CaptionError, read_caption_file
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 SENTENCE_END = re.compile(r"[.!?]+")
@@ -104,7 +104,7 @@ def format_table(rows: list[CaptionFileStats]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.caption_stats", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.captioning.stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", type=Path, nargs="+", help="caption JSON files (image name -> caption)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per file instead of a table")
     args = parser.parse_args(argv)

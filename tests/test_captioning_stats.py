@@ -1,4 +1,4 @@
-"""`python -m data.caption_stats` on hand-made caption files, against values worked out by hand."""
+"""`python -m data.captioning.stats` on hand-made caption files, against values worked out by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from data.caption_stats import caption_stats, main, sentence_pattern, words
+from data.captioning.stats import caption_stats, main, sentence_pattern, words
 
 
 def test_hand_computed_values():

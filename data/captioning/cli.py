@@ -1,6 +1,6 @@
 """Caption images with a local multimodal LLM, static or template-based dynamic instruction (TDE, METHOD.md §2).
 
-    python -m data.caption --images DIR | --shards DIR --model PATH --mode static|dynamic --out Td-MODEL.json
+    python -m data.captioning --images DIR | --shards DIR --model PATH --mode static|dynamic --out Td-MODEL.json
 
 Writes OUT (image file name -> caption, ready for data.pack), OUT's .log.jsonl (template id and dirty flag per
 image) and .failures.jsonl. Rerun the same command to resume; run N processes (torchrun, the deepspeed launcher,
@@ -22,7 +22,7 @@ from data.captioning.store import CaptionStore  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m data.caption", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m data.captioning", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--images", type=Path, help="folder of .jpg/.png images")
     source.add_argument("--shards", type=Path, help="packed shard folder (manifest.json + webdataset tars)")

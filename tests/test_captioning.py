@@ -1,4 +1,4 @@
-"""`python -m data.caption` end to end with a tiny randomly initialised Qwen2-VL (and LLaVA) saved to disk and loaded
+"""`python -m data.captioning` end to end with a tiny randomly initialised Qwen2-VL (and LLaVA) saved to disk and loaded
 through the CLI's own path: both modes, determinism, a killed run resumed, failures and their retry, a 2-process
 run under torchrun, and packed shards as the source. The captions are gibberish; their bookkeeping is the test."""
 
@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from data.caption import main
-from data.caption_stats import main as stats_main
+from data.captioning.cli import main
 from data.captioning.instructions import load_instructions
 from data.captioning.model import LocalCaptioner
+from data.captioning.stats import main as stats_main
 from data.captioning.tiny_model import build_tiny_model
 from data.synthetic import PRETRAIN_DIR, generate
 from tests.helpers import REPO
@@ -130,7 +130,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating_a_caption(
 ):
     out = tmp_path / "Td-tiny.json"
     part = out.with_suffix(".parts") / "rank00000.jsonl"
-    command = [sys.executable, "-m", "data.caption", "--images", str(synthetic / "imgs"), "--model", str(tiny_qwen)]
+    command = [sys.executable, "-m", "data.captioning", "--images", str(synthetic / "imgs"), "--model", str(tiny_qwen)]
     command += ["--mode", "dynamic", "--out", str(out), "--batch-size", "1", *COMMON]
     process = subprocess.Popen(command, cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -200,7 +200,7 @@ def test_two_processes_under_torchrun_give_the_one_process_result(
 ):
     out = tmp_path / "Td-tiny.json"
     torchrun = Path(sys.executable).with_name("torchrun")
-    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "data.caption"]
+    command = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "data.captioning"]
     command += ["--images", str(synthetic / "imgs"), "--model", str(tiny_qwen), "--mode", "dynamic"]
     command += ["--out", str(out), "--batch-size", "4", *COMMON]
     result = subprocess.run(command, cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)

@@ -1,6 +1,6 @@
 """Training curves from a run's metrics.jsonl: loss, learning rate, throughput and eval R1/mAP in one PNG.
 
-python -m engine.plot RUN_DIR [--out RUN_DIR/curves.png]
+python -m eval.plot RUN_DIR [--out RUN_DIR/curves.png]
 
 Resumed runs append to the same file, so a step can appear twice (the steps after the last checkpoint
 are trained again); the later record wins.
@@ -90,7 +90,7 @@ def plot_run(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.plot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (train.run_dir) holding metrics.jsonl")
     parser.add_argument("--out", type=Path, help="the PNG to write (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)

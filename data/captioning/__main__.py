@@ -1,0 +1,7 @@
+"""`python -m data.captioning`: caption images with a local MLLM (see cli.py)."""
+
+import sys
+
+from data.captioning.cli import main
+
+sys.exit(main())
