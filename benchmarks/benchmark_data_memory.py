@@ -65,7 +65,7 @@ def write_metadata(root: Path, images: int, per_shard: int) -> None:
 
 
 def _ours(root: str, ranks: int, results) -> None:
-    from data.dataset import PROBLEMS, CaptionSampleStream
+    from data.caption_stream import PROBLEMS, CaptionSampleStream
     from data.manifest import Manifest
     from data.position import DataPosition
     from engine.config import AugmentConfig

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from data.dataset import CaptionSampleStream, make_loader
+from data.caption_stream import CaptionSampleStream, make_loader
 from data.manifest import Manifest
 from data.pack import pack
 from data.synthetic import generate

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -81,6 +82,7 @@ def save_checkpoint(
     tag_dir = checkpoint_dir / tag
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False)
     rank = collectives.rank()
+    _hold_for_fault_injection(tag, rank)
     rank_state = {f"noise_table.{k}": v for k, v in noise_table.state_dict().items()} | {
         "torch_rng": torch.get_rng_state()
     }
@@ -95,6 +97,22 @@ def save_checkpoint(
         _prune(checkpoint_dir, keep=keep, current=tag)
     collectives.barrier()
     return tag_dir
+
+
+def _hold_for_fault_injection(tag: str, rank: int) -> None:
+    """Fault-injection hook for the fault tests: with TBPS_FAULT_HOLD_SAVE=TAG:DIR in the environment, every rank
+    but rank 0 stops inside the save of checkpoint TAG (after DeepSpeed's files, before its own), says so with a
+    file DIR/rankN.holding, and waits there until it is killed, while rank 0 goes on to wait for it in the save's
+    barrier. A test then knows, without racing the clock, that the save is in progress when it kills a rank.
+    Unset, this costs one environment lookup per checkpoint."""
+    hold = os.environ.get("TBPS_FAULT_HOLD_SAVE")
+    if not hold or hold.partition(":")[0] != tag or rank == 0:
+        return
+    folder = Path(hold.partition(":")[2])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{rank}.holding").write_text(str(os.getpid()))
+    while True:
+        time.sleep(1.0)
 
 
 def _training_position(tag_dir: Path) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from data.dataset import PROBLEMS, CaptionSampleStream, make_loader
+from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
 from data.position import DataPosition
 from engine import collectives, preemption

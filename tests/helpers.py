@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
 
-from data.dataset import CaptionSampleStream
+from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
 from engine.config import AugmentConfig, ModelConfig
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from data.dataset import PROBLEMS, make_loader
+from data.caption_stream import PROBLEMS, make_loader
 from data.pack import pack
 from data.position import DataPosition
 from data.records import MDSShards, PackedRecord, merge_mds_index, read_wds_shard, write_shard

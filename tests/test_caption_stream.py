@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.dataset import CaptionSampleStream, make_loader
+from data.caption_stream import CaptionSampleStream, make_loader
 from data.manifest import Manifest, ShardError
 from data.position import DataPosition
 from tests.helpers import stream
