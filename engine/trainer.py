@@ -26,12 +26,14 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.config import Config, config_to_dict
+from engine.data_health import check_epoch_data
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
 from engine.irra_heads import mlm_masked_captions
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.noise_table import ShardedNoiseTable
+from engine.outputs import write_text_atomically
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
 from eval.during_training import TrainingEvaluator
 from kernels import token_patch_max_cosine
@@ -134,9 +136,6 @@ def train(config: Config, *, resume: str | None = None) -> Path:
     rank, world = collectives.rank(), collectives.world_size()
     run_dir = Path(config.train.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     torch.manual_seed(config.train.seed)
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
@@ -171,6 +170,9 @@ def train(config: Config, *, resume: str | None = None) -> Path:
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
         state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream, position)
+    if rank == 0:  # only now: the data, the weights and the checkpoint have all been read without an error
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     log = MetricsLog(
         run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)
@@ -214,7 +216,14 @@ def train(config: Config, *, resume: str | None = None) -> Path:
             )
             if stopped:
                 return checkpoint_dir
-            log_data_problems(log, epoch, position)
+            problems = log_data_problems(log, epoch, position)
+            check_epoch_data(  # an epoch on nothing, or on too much damage, stops the run before final/
+                epoch,
+                problems,
+                trained=state.batches_done * config.train.batch_size * world,
+                manifest=manifest,
+                max_damaged_share=config.data.max_damaged_share,
+            )
             if config.nam.masking == "nam" and epoch + 1 < config.train.epochs:
                 started = time.perf_counter()
                 noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
@@ -390,7 +399,7 @@ def next_batch(items, position: DataPosition) -> dict | None:
     return None
 
 
-def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> None:
+def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> dict[str, int]:
     """Per-epoch counts of skipped (and converted) samples over all ranks, in the log and on stdout."""
     totals = collectives.all_reduce_sum([*position.problems.tolist(), position.dropped])  # host sync: once per epoch
     counts = {kind: int(n) for kind, n in zip(PROBLEMS, totals, strict=False)}
@@ -398,3 +407,4 @@ def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> No
     if collectives.rank() == 0 and any(counts.values()):
         found = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
         print(f"epoch {epoch}: data problems skipped and counted: {found}", flush=True)
+    return counts

@@ -33,6 +33,7 @@ from data.captions import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.transforms import eval_transform
 from engine.checkpoint import CheckpointError, load_exported_model
+from engine.cli_errors import error_boundary, positive_int
 from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
@@ -311,8 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
     source.add_argument("--config", help="score the model this config builds (its pretrained weights or random init)")
     parser.add_argument("--data", required=True, type=Path, help="DIR/luperson_mllm written by data.synthetic")
-    parser.add_argument("--max-captions", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward")
+    parser.add_argument("--max-captions", type=positive_int, default=4000)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="captions per forward")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     if args.max_captions < 1 or args.batch_size < 1:
@@ -329,6 +330,7 @@ def build(args: argparse.Namespace) -> tuple[CLIPDualEncoder, str]:
     return build_model(config.model, tap_layer=config.nam.tap_layer), f"untrained model of {args.config}"
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

@@ -29,6 +29,7 @@ from data.synthetic.generate import (
     DEFAULT_TRAIN_IMAGES,
     generate,
 )
+from engine.cli_errors import error_boundary
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@error_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()
