@@ -136,6 +136,11 @@ def resume_checkpoint(resume: str | None, run_dir: Path, *, announce: bool) -> P
     path = run_dir / CHECKPOINTS if resume == "latest" else Path(resume)
     through_latest = any((p / LATEST).is_file() for p in (path, path / CHECKPOINTS))
     tag_dir = resolve_tag_dir(path)
+    if not (tag_dir / TRAIN_STATE_FILE).exists() and not any(tag_dir.glob("*.pt")):
+        raise CheckpointError(
+            f"{tag_dir} is an exported model, not a training checkpoint; --resume takes a run folder or a folder "
+            "under its checkpoints/ (model.pretrained=... starts a new run from exported weights)"
+        )
     found = damage(tag_dir)
     if found is None:
         return tag_dir

@@ -37,6 +37,7 @@ from engine.cli_errors import error_boundary, positive_int
 from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
+from engine.outputs import check_output_file, write_text_atomically
 from engine.tokenizer import CLIPTokenizer
 from kernels import token_patch_max_cosine
 
@@ -333,6 +334,8 @@ def build(args: argparse.Namespace) -> tuple[CLIPDualEncoder, str]:
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out:
+        check_output_file(args.out, flag="--out")  # before the scoring, not after it
     try:
         captions, dirty = select_captions(args.data, args.max_captions)
         model, described = build(args)
@@ -364,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_attribute": {a: rows[a] for a in attributes},
             "seconds": round(time.perf_counter() - start, 2),
         }
-        args.out.write_text(json.dumps(result, indent=1))
+        write_text_atomically(args.out, json.dumps(result, indent=1))
     return 0
 
 

@@ -294,6 +294,13 @@ def test_train_resume_with_another_architecture_writes_nothing(world, run_copy, 
     assert digest(run_copy) == before  # config.yaml in particular
 
 
+def test_train_resume_from_an_exported_model(world, run_copy):
+    before = digest(run_copy)
+    line = assert_refused(train(world, f"train.run_dir={run_copy}", "--resume", run_copy / "final"), "exported model")
+    assert str(run_copy / "final") in line
+    assert digest(run_copy) == before
+
+
 def _damage(tag: Path, kind: str) -> Path:
     if kind == "deepspeed_truncated":
         target = tag / "mp_rank_00_model_states.pt"
@@ -441,6 +448,11 @@ def test_eval_stats_root_missing(tmp_path):
 def test_noise_auroc_bad_batch_size(world):
     argv = ["--checkpoint", world["export"], "--data", world["raw"], "--batch-size", "0"]
     assert_refused(run(noise_auroc_main, argv), "--batch-size")
+
+
+def test_noise_auroc_out_in_a_missing_folder(world, tmp_path):
+    argv = ["--checkpoint", world["export"], "--data", world["raw"], "--out", tmp_path / "no" / "a.json"]
+    assert_refused(run(noise_auroc_main, argv), "--out", "does not exist")
 
 
 # ---------------------------------------------------------------- eval export
