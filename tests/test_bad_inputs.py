@@ -247,11 +247,6 @@ def test_train_pretrained_sharded_index_malformed(world, tmp_path, index):
     assert "model.safetensors.index.json" in line
 
 
-def test_train_eval_root_missing(world, tmp_path):
-    line = assert_refused(train(world, f"train.run_dir={tmp_path / 'r'}", f"eval.cuhk_pedes={tmp_path / 'nocuhk'}"))
-    assert "eval.cuhk_pedes" in line and "nocuhk" in line
-
-
 # ---------------------------------------------------------------- launcher.train: run folders and checkpoints
 
 
