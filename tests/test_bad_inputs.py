@@ -48,7 +48,7 @@ TINY_MODEL = dict(
 )
 
 
-# ---------------------------------------------------------------- helpers
+# ---------------------------------------------------------------- running a tool in this process
 
 
 def run(main: Callable, argv: list[str]) -> tuple[int, str]:
