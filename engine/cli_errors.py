@@ -28,6 +28,7 @@ DEBUG_FLAG = "--debug"
 DEBUG_ENV = "TBPS_DEBUG"
 OUR_PACKAGES = frozenset({"engine", "data", "eval", "launcher", "kernels", "benchmarks"})
 # Words in the message of a collective that failed because a peer went away (gloo, NCCL, torch's store).
+_debug_in_progress = False  # set while a --debug command runs, for the boundaries of its subcommands
 _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "gloo", "nccl", "timed out")
 
 
@@ -90,9 +91,11 @@ def error_boundary(main: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(main)
     def wrapped(argv: Sequence[str] | None = None) -> int:
+        global _debug_in_progress
         argv = list(sys.argv[1:] if argv is None else argv)
-        debug = debug_requested(argv)
+        debug = debug_requested(argv) or _debug_in_progress
         argv = [a for a in argv if a != DEBUG_FLAG]
+        outer, _debug_in_progress = _debug_in_progress, debug  # a subcommand's own boundary sees the flag too
         try:
             return main(argv)
         except SystemExit:  # argparse's usage errors (status 2, one line naming the argument) and explicit exits
@@ -102,6 +105,8 @@ def error_boundary(main: Callable[..., int]) -> Callable[..., int]:
             return 130
         except Exception as error:  # the net: every failure ends as one line
             return report(error, debug=debug)
+        finally:
+            _debug_in_progress = outer
 
     return wrapped
 

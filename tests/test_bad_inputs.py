@@ -722,6 +722,19 @@ def test_boundary_turns_any_exception_into_one_line_and_debug_shows_the_tracebac
     assert "Traceback" in run(broken, [])[1]
 
 
+def test_debug_reaches_a_subcommand_and_a_failed_export_leaves_nothing(world, tmp_path, monkeypatch):
+    def fails(model, out_dir):
+        (Path(out_dir) / "config.json").write_text("{}")  # half an export
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("eval.export.export_transformers", fails)
+    argv = ["export", "--checkpoint", world["export"], "--out", tmp_path / "hf"]
+    assert_refused(run(eval_main, argv), "error: RuntimeError: disk full", "--debug")
+    code, text = run(eval_main, [*argv, "--debug"])
+    assert code == 2 and "Traceback" in text and "disk full" in text
+    assert list(tmp_path.iterdir()) == []  # neither --out nor its temporary sibling is left behind
+
+
 def test_boundary_prints_our_errors_once_over_several_ranks(monkeypatch):
     from engine.config import ConfigError
 
