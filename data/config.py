@@ -28,8 +28,12 @@ class DataConfig:
     shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
     sampling: str = "every_caption"  # every caption its own sample (reference) | one_caption_per_image per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # An epoch in which a larger share of the samples was damaged (skipped) stops the run with the counts.
+    max_damaged_share: float = 0.1
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.max_damaged_share <= 1.0:
+            raise ConfigError(f"data.max_damaged_share must be in [0, 1] (got {self.max_damaged_share})")
         if self.sampling not in ("every_caption", "one_caption_per_image"):
             raise ConfigError(
                 f"data.sampling must be one of every_caption, one_caption_per_image (got {self.sampling!r})"

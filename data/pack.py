@@ -23,7 +23,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data.caption_files import CaptionError, load_captions
+from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
+from data.outputs import check_output_folder
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
@@ -46,8 +48,11 @@ def parse_size(text: str) -> int:
     lowered = text.strip().lower()
     for unit, factor in sorted(UNITS.items(), key=lambda u: -len(u[0])):
         if lowered.endswith(unit) and lowered[: -len(unit)].strip().replace(".", "", 1).isdigit():
-            return int(float(lowered[: -len(unit)]) * factor)
-    if lowered.isdigit():
+            size = int(float(lowered[: -len(unit)]) * factor)
+            if size <= 0:
+                raise ValueError(f"--shard-size must be more than 0 bytes (got {text!r})")
+            return size
+    if lowered.isdigit() and int(lowered) > 0:
         return int(lowered)
     raise ValueError(f"--shard-size must look like 256MB or 1GB (got {text!r})")
 
@@ -223,6 +228,12 @@ def pack(
     )
 
 
+def check_out(out: Path, *, inputs: list[Path] = ()) -> None:
+    """--out must be new, empty, or an interrupted packing to resume (its plan file decides whether it matches)."""
+    check_output_folder(out, flag="--out", overwrite=(out / PLAN).is_file(), protect=list(inputs))
+
+
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
@@ -231,12 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="wds", help="webdataset tar or mosaicml-streaming MDS")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, help="target shard size, e.g. 256MB (the default)")
-    size.add_argument("--images-per-shard", type=int, default=None, help="a fixed number of images per shard")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel shard writers")
+    size.add_argument("--images-per-shard", type=positive_int, default=None, help="a fixed number of images per shard")
+    parser.add_argument(
+        "--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="parallel shard writers"
+    )
     args = parser.parse_args(argv)
     if args.images_per_shard is not None and args.images_per_shard <= 0:
         parser.error(f"--images-per-shard must be > 0 (got {args.images_per_shard})")
     try:
+        check_out(args.out, inputs=[args.images, *args.captions])
         shard_bytes = parse_size(args.shard_size) if args.shard_size else None
         manifest = pack(
             args.images,

@@ -13,8 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from data.caption_files import CaptionError
+from data.cli_errors import error_boundary, positive_int
 from data.datasets import DATASETS, DatasetError, load_split
-from data.pack import ImageItem, write_shards
+from data.pack import ImageItem, check_out, write_shards
 
 
 def pack_dataset(
@@ -46,16 +48,18 @@ def pack_dataset(
     return write_shards(items, out_dir, sources=sources, images_per_shard=images_per_shard, extra=extra)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
     parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--images-per-shard", type=int, default=1000)
+    parser.add_argument("--images-per-shard", type=positive_int, default=1000)
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")
     args = parser.parse_args(argv)
     try:
+        check_out(args.out, inputs=[Path(args.root) / "imgs"])
         manifest = pack_dataset(
             args.dataset,
             args.root,
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             images_per_shard=args.images_per_shard,
             skip_missing=args.skip_missing,
         )
-    except DatasetError as error:
+    except (DatasetError, CaptionError) as error:  # CaptionError: --out holds a packing of other inputs
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -192,8 +192,11 @@ def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> di
         rank_file = _rank_state_file(tag_dir, collectives.rank())
         if not rank_file.is_file():
             raise CheckpointError(f"checkpoint {tag_dir} lacks {rank_file.name}")
-        noise_table.load_state_dict(_noise_table_part(rank_file))
-        torch.set_rng_state(load_file(str(rank_file))["torch_rng"])
+        try:
+            noise_table.load_state_dict(_noise_table_part(rank_file))
+            torch.set_rng_state(load_file(str(rank_file))["torch_rng"])
+        except (SafetensorError, OSError, KeyError, RuntimeError) as error:
+            raise CheckpointError(f"checkpoint {tag_dir} is damaged: {rank_file} is unreadable ({error})") from None
         return train_state
     old_files = [_rank_state_file(tag_dir, r) for r in range(train_state["world_size"])]
     missing = [f.name for f in old_files if not f.is_file()]
@@ -218,11 +221,31 @@ def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
         raise CheckpointError(f"checkpoint {tag_dir} lacks {MODEL_CONFIG_FILE} or {MODEL_FILE}")
     try:
         described = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
+        raise CheckpointError(f"{config_path} is damaged: not readable JSON ({error})") from None
+    if not isinstance(described, dict) or not isinstance(described.get("model"), dict):
+        raise CheckpointError(f"{config_path} is damaged: expected a JSON object with a 'model' mapping")
+    try:
         model_config = build_section(ModelConfig, described["model"], "model")
         model = CLIPDualEncoder(model_config, tap_layer=int(described["tap_layer"]))
-        missing, unexpected = model.load_state_dict(load_file(str(weights_path)), strict=False)
-    except (json.JSONDecodeError, KeyError, ConfigError, RuntimeError, OSError, SafetensorError) as error:
+        weights = load_file(str(weights_path))
+    except (KeyError, TypeError, ValueError, ConfigError, RuntimeError, OSError, SafetensorError) as error:
         raise CheckpointError(f"cannot load the model in {tag_dir}: {str(error).splitlines()[0]}") from None
+    expected = model.state_dict()
+    mismatched = [
+        f"{key}: file {tuple(value.shape)}, model {tuple(expected[key].shape)}"
+        for key, value in weights.items()
+        if key in expected and value.shape != expected[key].shape
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"{weights_path} does not match the model its {MODEL_CONFIG_FILE} describes ({len(mismatched)} shapes "
+            f"differ, first: {'; '.join(mismatched[:3])})"
+        )
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:
+        raise CheckpointError(f"cannot load {weights_path}: {' '.join(str(error).split())[:300]}") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights_path} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}"

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
+from data.outputs import write_text_atomically
 from data.position import DataPosition
 from engine import collectives, preemption
 from engine.checkpoint import (
@@ -28,6 +29,7 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.config import Config, EvalConfig, config_to_dict
+from engine.data_health import check_epoch_data
 from engine.deepspeed_setup import deepspeed_config, device, init_distributed
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
@@ -150,9 +152,6 @@ def train(
     rank, world = collectives.rank(), collectives.world_size()
     run_dir = Path(config.train.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     torch.manual_seed(config.train.seed)
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
@@ -187,6 +186,9 @@ def train(
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
         state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream, position)
+    if rank == 0:  # only now: the data, the weights and the checkpoint have all been read without an error
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     log = MetricsLog(
         run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)
@@ -230,7 +232,14 @@ def train(
             )
             if stopped:
                 return checkpoint_dir
-            log_data_problems(log, epoch, position)
+            problems = log_data_problems(log, epoch, position)
+            check_epoch_data(  # an epoch on nothing, or on too much damage, stops the run before final/
+                epoch,
+                problems,
+                trained=state.batches_done * config.train.batch_size * world,
+                manifest=manifest,
+                max_damaged_share=config.data.max_damaged_share,
+            )
             if config.nam.masking == "nam" and epoch + 1 < config.train.epochs:
                 started = time.perf_counter()
                 noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
@@ -406,7 +415,7 @@ def next_batch(items, position: DataPosition) -> dict | None:
     return None
 
 
-def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> None:
+def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> dict[str, int]:
     """Per-epoch counts of skipped (and converted) samples over all ranks, in the log and on stdout."""
     totals = collectives.all_reduce_sum([*position.problems.tolist(), position.dropped])  # host sync: once per epoch
     counts = {kind: int(n) for kind, n in zip(PROBLEMS, totals, strict=False)}
@@ -414,3 +423,4 @@ def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> No
     if collectives.rank() == 0 and any(counts.values()):
         found = ", ".join(f"{kind} {n}" for kind, n in counts.items() if n)
         print(f"epoch {epoch}: data problems skipped and counted: {found}", flush=True)
+    return counts

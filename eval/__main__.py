@@ -18,13 +18,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.datasets import DatasetError, load_split
+from data.outputs import check_output_file, check_output_folder, write_text_atomically
 from engine import collectives
 from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import build_model
 from eval import export, report
 from eval.encode import encode_split
+from eval.gallery import drop_undecodable
 from eval.html import write_html
 from eval.metrics import retrieval_metrics_from_features
 from eval.stats import add_dataset_args, fail, stats_main
@@ -43,8 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add_dataset_args(parser)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="image loading workers")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="image loading workers")
     parser.add_argument("--out", type=Path, help="also write metrics, stats, model provenance and timings as JSON")
     parser.add_argument("--save-rankings", type=Path, help="write each query's top-k gallery indices (JSON)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
@@ -70,6 +73,7 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["stats"]:
@@ -88,16 +92,30 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    for flag in ("out", "save_rankings"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), flag=f"--{flag.replace('_', '-')}")
+    if args.html:
+        check_output_folder(args.html, flag="--html", overwrite=True)
+
+
 def evaluate(args: argparse.Namespace) -> int:
     if args.top_k < 1 or args.html_queries < 1:
         return fail(ValueError(f"--top-k and --html-queries must be >= 1 (got {args.top_k}, {args.html_queries})"))
     try:
+        check_outputs(args)  # before any work: a mistyped path fails now, not after scoring
         split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
+        split, _ = drop_undecodable(split, skip=args.skip_missing)
         model, source = build(args)
     except (DatasetError, CheckpointError, ConfigError) as error:
         return fail(error)
     if split.missing_images:
-        print(f"note: skipped {len(split.missing_images)} missing images and their captions", file=sys.stderr)
+        print(
+            f"note: skipped {len(split.missing_images)} missing or undecodable images and their captions "
+            f"(first: {split.missing_images[0]})",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
         model, split, batch_size=args.batch_size, num_workers=args.workers, device=device()
@@ -112,8 +130,9 @@ def evaluate(args: argparse.Namespace) -> int:
     timings = {"encode_seconds": encoded - start, "metric_seconds": time.perf_counter() - encoded}
     print(report.format_table(f"{report.split_title(split)}; {source['described']}", metrics))
     if args.out:
-        args.out.write_text(
-            report.results_json(dataset=args.dataset, split=split, source=source, metrics=metrics, timings=timings)
+        write_text_atomically(
+            args.out,
+            report.results_json(dataset=args.dataset, split=split, source=source, metrics=metrics, timings=timings),
         )
     if args.save_rankings or args.html:
         similarity = (text_feats @ image_feats.t()).cpu()  # (Q, G) cosine, only for the per-query outputs

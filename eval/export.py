@@ -1,6 +1,9 @@
 """Export a trained dual encoder as a transformers CLIP folder that `CLIPModel.from_pretrained` loads as is.
 
-python -m eval export --checkpoint RUN_DIR|CHECKPOINT_DIR --out DIR
+python -m eval export --checkpoint RUN_DIR|CHECKPOINT_DIR --out DIR [--overwrite]
+
+DIR must be new or empty (with --overwrite, a previous export is replaced) and never a folder that holds a
+checkpoint or the checkpoint read; the folder is written beside DIR and renamed into place when complete.
 
 The folder holds config.json + model.safetensors (`CLIPModel`), the tokenizer files (`CLIPTokenizer`, with
 `<|mask|>` at 49405) and a preprocessor_config.json that resizes to the training size (384x128).
@@ -31,6 +34,8 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 
+from data.cli_errors import error_boundary
+from data.outputs import atomic_folder, check_output_folder
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.checkpoint import CheckpointError, load_exported_model
@@ -121,15 +126,20 @@ def export_transformers(model: CLIPDualEncoder, out_dir: Path) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder, or one checkpoint")
     parser.add_argument("--out", required=True, type=Path, help="folder to write the transformers CLIP model into")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (never in place)")
 
 
 def run(args: argparse.Namespace) -> int:
+    source = Path(args.checkpoint)
+    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source])
     try:
         model, tag_dir = load_exported_model(args.checkpoint)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    export_transformers(model, args.out)
+    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source, tag_dir])
+    with atomic_folder(args.out) as partial:
+        export_transformers(model, partial)
     height, width = model.cfg.image_size
     print(
         f"wrote {args.out} from {tag_dir}; load with CLIPModel.from_pretrained and call get_image_features on "
@@ -138,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m eval export", description="Write a checkpoint as a transformers CLIP folder."

@@ -30,6 +30,8 @@ import torch
 from PIL import Image
 
 from data.caption_files import DIRTY_CAPTION, CaptionError, read_caption_file
+from data.cli_errors import error_boundary, positive_int
+from data.outputs import check_output_file, write_text_atomically
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
@@ -311,8 +313,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
     source.add_argument("--config", help="score the model this config builds (its pretrained weights or random init)")
     parser.add_argument("--data", required=True, type=Path, help="DIR/luperson_mllm written by data.synthetic")
-    parser.add_argument("--max-captions", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64, help="captions per forward")
+    parser.add_argument("--max-captions", type=positive_int, default=4000)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="captions per forward")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     if args.max_captions < 1 or args.batch_size < 1:
@@ -329,8 +331,11 @@ def build(args: argparse.Namespace) -> tuple[CLIPDualEncoder, str]:
     return build_model(config.model, tap_layer=config.nam.tap_layer), f"untrained model of {args.config}"
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.out:
+        check_output_file(args.out, flag="--out")  # before the scoring, not after it
     try:
         captions, dirty = select_captions(args.data, args.max_captions)
         model, described = build(args)
@@ -362,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_attribute": {a: rows[a] for a in attributes},
             "seconds": round(time.perf_counter() - start, 2),
         }
-        args.out.write_text(json.dumps(result, indent=1))
+        write_text_atomically(args.out, json.dumps(result, indent=1))
     return 0
 
 

@@ -13,6 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from data.cli_errors import error_boundary
+
+NUMERIC_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s", "R1", "mAP")
+
 
 class PlotError(ValueError):
     """A run folder without usable metrics; the message names it."""
@@ -28,11 +32,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):  # the last line of a run killed mid-write
                 break
             raise PlotError(f"{path}:{number} is not a JSON object") from None
+        if not isinstance(record, dict):
+            raise PlotError(f"{path}:{number} is JSON but not a record (a {type(record).__name__}, not an object)")
+        for key in NUMERIC_FIELDS:
+            value = record.get(key)
+            if key in record and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise PlotError(f"{path}:{number}: {key} is not a number ({value!r})")
+        for key in ("eval", "split"):
+            if key in record and not isinstance(record[key], str):
+                raise PlotError(f"{path}:{number}: {key} is not a string ({record[key]!r})")
+        records.append(record)
     return records
 
 
@@ -89,13 +103,17 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     return out
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (train.run_dir) holding metrics.jsonl")
     parser.add_argument("--out", type=Path, help="the PNG to write (default RUN_DIR/curves.png)")
     args = parser.parse_args(argv)
     try:
-        out = plot_run(args.run_dir, args.out or args.run_dir / "curves.png")
+        out = args.out or args.run_dir / "curves.png"
+        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
+            raise PlotError(f"--out {out} is a folder or lies under a file; name a .png file")
+        out = plot_run(args.run_dir, out)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """Pretraining entry point.
 
 python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] [--resume latest|auto|PATH]
+    [--overwrite] [--debug]
 deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds --local_rank)
 launcher/train.sh and launcher/slurm/pretrain.sbatch run it with --resume auto. Exit status: 0 done,
-2 a user error (one line), 75 stopped on SIGUSR1/SIGTERM after a checkpoint (run it again), 1 a lost rank.
+2 a user error (one line; --debug or TBPS_DEBUG=1 shows the traceback), 75 stopped on SIGUSR1/SIGTERM after a checkpoint (run it again), 1 a lost rank.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from data.caption_files import CaptionError
+from data.cli_errors import error_boundary
 from data.datasets import DatasetError
 from data.manifest import ShardError
 from engine import liveness
@@ -34,11 +36,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="'latest' (this run's newest checkpoint), 'auto' (latest if there is one, else start fresh) or a folder",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a run folder that holds a run: the old one is moved to RUN_DIR.old-<time>, not deleted",
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.batch_size=8")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides before and after the flags alike
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     install_stop_handlers()  # first: SIGUSR1/SIGTERM from now on mean "checkpoint at the next step and exit 75"
     args = parse_args(argv)
@@ -47,13 +55,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         resume = resume_target(args.resume, Path(config.train.run_dir), announce=rank0)
+        from engine.preflight import check_before_training
+
+        resume = check_before_training(config, resume=resume, overwrite=args.overwrite)  # before anything is written
         from engine.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
         from eval.during_training import TrainingEvaluator
 
         final = train(config, resume=resume, make_evaluator=TrainingEvaluator)
         clean = True
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+    except USER_ERRORS as error:  # every rank ran the same checks: rank 0 says it once
+        if rank0:
+            print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     except StoppedBySignal as stop:  # every rank saved the same step; the batch script requeues on this status
         clean = True

@@ -79,8 +79,25 @@ def test_resuming_with_other_settings_is_refused_and_names_the_setting(tmp_path:
     store = CaptionStore(tmp_path / "Td-m.json")
     store.check_settings({"mode": "dynamic", "seed": 0, "max_new_tokens": 160})
     store.check_settings({"mode": "dynamic", "seed": 0, "max_new_tokens": 160})
+    writer = store.writer(0)
+    writer.write([{"image": "a.jpg", "caption": "a man", "template": 1, "dirty": False}], [])
+    writer.close()
     with pytest.raises(CaptioningError, match="was made with max_new_tokens=160, this run has 64"):
         store.check_settings({"mode": "dynamic", "seed": 0, "max_new_tokens": 64})
+
+
+def test_a_run_that_wrote_no_caption_does_not_pin_its_settings(tmp_path: Path):
+    store = CaptionStore(tmp_path / "Td-m.json")
+    store.check_settings({"mode": "dynamic", "model": "/models/typo"})
+    store.check_settings({"mode": "dynamic", "model": "/models/qwen"})  # replaces them
+    assert json.loads((store.parts / "run.json").read_text())["model"] == "/models/qwen"
+    writer = store.writer(0)
+    writer.write([], [{"image": "a.jpg", "template": 1, "stage": "generate", "reason": "bad model"}])
+    writer.close()
+    store.check_settings({"mode": "dynamic", "model": "/models/qwen2"})  # failures only: moved aside, not deleted
+    moved = list(tmp_path.glob("Td-m.parts.old-*"))
+    assert len(moved) == 1 and "bad model" in (moved[0] / "rank00000.failures.jsonl").read_text()
+    assert store.finished_names() == (set(), set())
 
 
 def _image_bytes(colour: tuple[int, int, int], fmt: str) -> bytes:

@@ -110,7 +110,7 @@ def test_every_kind_of_damage_is_skipped_and_counted_exactly(tmp_path: Path, fmt
 def test_training_over_damaged_shards_completes_and_logs_the_counts(tmp_path: Path):
     out, expected = damaged_shards(tmp_path, "wds")
     config = yaml.safe_load(TINY)
-    config["data"] |= {"shards": str(out), "num_workers": 2}
+    config["data"] |= {"shards": str(out), "num_workers": 2, "max_damaged_share": 0.5}  # about 30% is damaged
     config["train"] |= {"run_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": 4}
     config["eval"] = {"every_epochs": 0}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -19,6 +19,7 @@ from data.captioning.instructions import DEFAULT_INSTRUCTIONS, MODES, Captioning
 from data.captioning.model import DTYPES, Decoding  # noqa: E402
 from data.captioning.run import CaptionJob, caption  # noqa: E402
 from data.captioning.store import CaptionStore  # noqa: E402
+from data.cli_errors import error_boundary, non_negative_int, positive_int  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,22 +32,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="caption JSON to write, e.g. Td-qwen2vl.json")
     parser.add_argument("--instructions", type=Path, default=DEFAULT_INSTRUCTIONS, help="instructions + templates")
     parser.add_argument("--seed", type=int, default=0, help="with the file name, picks each image's template")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=Decoding.max_new_tokens)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=Decoding.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--device", default="auto", help="auto (this rank's GPU, else cpu), cpu, cuda:0, ...")
     parser.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto = bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
-    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    parser.add_argument("--rank", type=non_negative_int, default=int(os.environ.get("RANK", 0)))
+    parser.add_argument("--world-size", type=positive_int, default=int(os.environ.get("WORLD_SIZE", 1)))
     parser.add_argument("--retry-failed", action="store_true", help="caption the images recorded as failed again")
-    parser.add_argument("--max-images", type=int, help="stop after this many images (a trial run); rerun to go on")
+    parser.add_argument(
+        "--max-images", type=positive_int, help="stop after this many images (a trial run); rerun to go on"
+    )
     parser.add_argument("--merge", action="store_true", help="only merge the part files written so far into OUT")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

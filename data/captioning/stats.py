@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.caption_files import CaptionError, read_caption_file
+from data.cli_errors import error_boundary
 
 WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 SENTENCE_END = re.compile(r"[.!?]+")
@@ -103,6 +104,7 @@ def format_table(rows: list[CaptionFileStats]) -> str:
     return "\n".join(lines)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.captioning.stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("files", type=Path, nargs="+", help="caption JSON files (image name -> caption)")

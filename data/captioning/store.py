@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.captioning.instructions import CaptioningError
+from data.outputs import move_aside
 
 log = logging.getLogger(__name__)
 SETTINGS = "run.json"
@@ -106,16 +108,37 @@ class CaptionStore:
         self.parts.mkdir(parents=True, exist_ok=True)
         path = self.parts / SETTINGS
         if path.is_file():
-            recorded = json.loads(path.read_text())
+            try:
+                recorded = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                recorded = {"unreadable": str(error)}
+            recorded = recorded if isinstance(recorded, dict) else {"unreadable": repr(recorded)}
             changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
-            if changed:
+            if changed and not self._pins_settings():
+                _write_atomically(path, json.dumps(settings, indent=1) + "\n")
+            elif changed:
                 key = changed[0]
+                captioned = len(self.finished_names()[0])
                 raise CaptioningError(
                     f"{self.parts} was made with {key}={recorded.get(key)!r}, this run has {settings.get(key)!r} "
-                    f"(differing: {', '.join(changed)}); rerun with the same settings or choose another --out"
+                    f"(differing: {', '.join(changed)}); rerun with the same settings, choose another --out, or move "
+                    f"{self.parts} away to start over (it holds {captioned} captions)"
                 )
         else:
             _write_atomically(path, json.dumps(settings, indent=1) + "\n")
+
+    def _pins_settings(self) -> bool:
+        """A run that produced no caption pins nothing: its settings are replaced, and its failures (if any),
+        which the new settings may not repeat, are moved aside with it, to PARTS.old-<time>."""
+        captioned, failed = self.finished_names()
+        if captioned:
+            return True
+        if failed:
+            moved = move_aside(self.parts)
+            log.warning("%s produced no caption; its failures were moved to %s", self.parts, moved)
+            print(f"note: {self.parts} held no caption, only failures; moved it to {moved}", file=sys.stderr)
+            self.parts.mkdir(parents=True, exist_ok=True)
+        return False
 
     def writer(self, rank: int) -> RankWriter:
         self.parts.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from data.captioning.instructions import DEFAULT_INSTRUCTIONS, load_instructions
+from data.cli_errors import error_boundary
 
 FAMILIES = ("qwen2_vl", "llava")
 VOCAB_SIZE = 512
@@ -180,6 +181,7 @@ def build_tiny_model(out: str | Path, *, family: str = "qwen2_vl", seed: int = 0
     return out
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.captioning.tiny_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from data.cli_errors import error_boundary
 from data.synthetic.errors import SyntheticDataError
 from data.synthetic.generate import (
     DEFAULT_DIRTY_FRACTION,
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@error_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.perf_counter()

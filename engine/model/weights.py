@@ -91,9 +91,19 @@ def _read_hf_directory(directory: Path) -> dict[str, torch.Tensor]:
     for name in _HF_INDEX_FILES:
         index = directory / name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+                if not all(isinstance(shard, str) for shard in shards):
+                    raise TypeError("shard names must be strings")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+                raise WeightsError(
+                    f"{index} is malformed: expected a JSON object whose weight_map maps names to shard files "
+                    f"({type(error).__name__}: {error})"
+                ) from None
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
+                if not (directory / shard).is_file():
+                    raise WeightsError(f"{index} names the shard {shard}, which is not in {directory}")
                 state.update(_read_state_dict(directory / shard))
             return state
     raise WeightsError(f"{directory} is not a CLIP checkpoint directory (no {' or '.join(_HF_WEIGHT_FILES)})")

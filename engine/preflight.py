@@ -1,0 +1,79 @@
+"""Everything `launcher.train` checks before a process group exists and before it writes anything: the machine
+against the config, the data against the batch size, the weights, the run folder and the checkpoint to resume.
+Each failure is one line naming the setting or file; rank 0 alone moves an old run aside (--overwrite)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from data.manifest import Manifest, ShardError
+from engine.config import Config, ConfigError
+from engine.run_folder import check_compatible, prepare_run_folder, resume_checkpoint, world_size
+
+
+def check_machine(config: Config) -> None:
+    """Options that need CUDA fail here, in one line, instead of deep inside the first step."""
+    if torch.cuda.is_available():
+        return
+    if config.nam.kernel == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError(
+            "nam.kernel=triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's slow CPU interpreter); "
+            "use nam.kernel=auto or torch on this machine"
+        )
+    if config.train.precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use train.precision=auto or fp32 on this machine")
+
+
+def check_paths(config: Config) -> None:
+    if config.model.pretrained and not Path(config.model.pretrained).exists():
+        raise ConfigError(f"model.pretrained {config.model.pretrained} does not exist")
+    # A missing eval.* benchmark root is not an error: training warns once and leaves that benchmark out.
+
+
+def check_data(config: Config, *, world: int) -> None:
+    """The manifest reads, and every rank gets at least one batch of every epoch from it."""
+    from data.caption_stream import CaptionSampleStream  # the data pipeline's imports only once the config is good
+
+    manifest = Manifest.load(config.data.shards, remote=config.data.remote)
+    stream = CaptionSampleStream(
+        manifest,
+        rank=0,
+        world_size=world,
+        num_workers=config.data.num_workers,
+        batch_size=config.train.batch_size,
+        image_size=config.model.image_size,
+        augment=config.data.augment,
+        context_length=config.model.context_length,
+        seed=config.train.seed,
+        shuffle_buffer=config.data.shuffle_buffer,
+        sampling=config.data.sampling,
+        remote=config.data.remote,
+    )
+    for epoch in range(config.train.epochs):
+        if stream.batches_per_epoch(epoch) == 0:
+            unit = "images" if config.data.sampling == "one_caption_per_image" else "captions"
+            per_rank = (manifest.num_images if unit == "images" else sum(s.captions for s in manifest.shards)) / world
+            raise ShardError(
+                f"train.batch_size={config.train.batch_size} is larger than what a rank gets from {manifest.root} "
+                f"(about {per_rank:.0f} {unit} per rank over {world} rank(s) and {stream.splits} data worker(s) "
+                f"in epoch {epoch}); lower train.batch_size or data.num_workers"
+            )
+
+
+def check_before_training(config: Config, *, resume: str | None, overwrite: bool) -> str | None:
+    """Runs every check; returns the checkpoint folder to resume from (None: a fresh start)."""
+    rank, world = int(os.environ.get("RANK", "0") or 0), world_size()
+    run_dir = Path(config.train.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.run_dir {run_dir} is an existing file; choose a folder")
+    check_machine(config)
+    check_paths(config)
+    tag_dir = resume_checkpoint(resume, run_dir, announce=rank == 0)
+    if tag_dir is not None:
+        check_compatible(tag_dir, config)
+    check_data(config, world=world)
+    prepare_run_folder(run_dir, resume=resume, overwrite=overwrite, rank=rank)  # last: it may move the old run
+    return None if tag_dir is None else str(tag_dir)
