@@ -86,7 +86,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 def write_text_atomically(path: Path, text: str) -> None:
     with atomic_file(path) as partial:
-        partial.write_text(text)
+        partial.write_text(text, encoding="utf-8")
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from data.outputs import atomic_file, write_text_atomically
 from engine import collectives
 from engine.config import ConfigError, ModelConfig, build_section, config_to_dict
 from engine.model import CLIPDualEncoder
@@ -40,16 +41,9 @@ class CheckpointError(ValueError):
     """A checkpoint path that cannot be used; the message names it."""
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
-    os.replace(partial, path)
+    with atomic_file(path) as partial:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial))
 
 
 def _rank_state_file(tag_dir: Path, rank: int) -> Path:
@@ -63,7 +57,9 @@ def export_model(model: nn.Module, out_dir: Path, model_config: ModelConfig, tap
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_save_tensors(out_dir / MODEL_FILE, {k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     described = config_to_dict(model_config) | {"pretrained": None}
-    _atomic_write_text(out_dir / MODEL_CONFIG_FILE, json.dumps({"model": described, "tap_layer": tap_layer}, indent=1))
+    write_text_atomically(
+        out_dir / MODEL_CONFIG_FILE, json.dumps({"model": described, "tap_layer": tap_layer}, indent=1)
+    )
 
 
 def save_checkpoint(
@@ -90,10 +86,10 @@ def save_checkpoint(
     _atomic_save_tensors(_rank_state_file(tag_dir, rank), rank_state)
     if rank == 0:
         export_model(engine.module, tag_dir, model_config, tap_layer)
-        _atomic_write_text(tag_dir / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
+        write_text_atomically(tag_dir / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
     collectives.barrier()  # `latest` may point here only once every rank's files are complete
     if rank == 0:
-        _atomic_write_text(checkpoint_dir / LATEST, tag)
+        write_text_atomically(checkpoint_dir / LATEST, tag)
         _prune(checkpoint_dir, keep=keep, current=tag)
     collectives.barrier()
     return tag_dir
@@ -137,7 +133,7 @@ def mark_best(checkpoint_dir: Path, tag: str, record: dict, *, metric: str = "R1
     if path.is_file() and json.loads(path.read_text())[metric] >= record[metric]:
         return False
     best = {"tag": tag, "eval": record["eval"], "split": record["split"], metric: record[metric]}
-    _atomic_write_text(path, json.dumps(best, indent=1))
+    write_text_atomically(path, json.dumps(best, indent=1))
     return True
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.captioning.instructions import CaptioningError
-from data.outputs import move_aside
+from data.outputs import move_aside, write_text_atomically
 
 log = logging.getLogger(__name__)
 SETTINGS = "run.json"
@@ -54,12 +54,6 @@ def _read_jsonl(path: Path) -> list[dict]:
             if number != len(lines):  # the last line may be torn by a kill; anything else is damage
                 log.warning("skipping unreadable line %d of %s", number, path)
     return rows
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 class RankWriter:
@@ -115,7 +109,7 @@ class CaptionStore:
             recorded = recorded if isinstance(recorded, dict) else {"unreadable": repr(recorded)}
             changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
             if changed and not self._pins_settings():
-                _write_atomically(path, json.dumps(settings, indent=1) + "\n")
+                write_text_atomically(path, json.dumps(settings, indent=1) + "\n")
             elif changed:
                 key = changed[0]
                 captioned = len(self.finished_names()[0])
@@ -125,7 +119,7 @@ class CaptionStore:
                     f"{self.parts} away to start over (it holds {captioned} captions)"
                 )
         else:
-            _write_atomically(path, json.dumps(settings, indent=1) + "\n")
+            write_text_atomically(path, json.dumps(settings, indent=1) + "\n")
 
     def _pins_settings(self) -> bool:
         """A run that produced no caption pins nothing: its settings are replaced, and its failures (if any),
@@ -192,8 +186,8 @@ class CaptionStore:
             for name in names
         ]
         failures = [state.failures[name] for name in sorted(state.failures)]
-        _write_atomically(self.out, json.dumps(captions, ensure_ascii=False, indent=1) + "\n")
-        _write_atomically(self.log, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in log_rows))
-        _write_atomically(self.failures, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failures))
+        write_text_atomically(self.out, json.dumps(captions, ensure_ascii=False, indent=1) + "\n")
+        write_text_atomically(self.log, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in log_rows))
+        write_text_atomically(self.failures, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in failures))
         flagged = sum(row["dirty"] for row in log_rows)
         return MergeSummary(self.out, captions=len(captions), flagged=flagged, failed=len(failures))
