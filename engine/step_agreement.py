@@ -87,15 +87,17 @@ class LookaheadBatches:
         return group[-1]
 
     def record_leftovers(self) -> int:
-        """At an epoch cut short by another rank's data: records what was fetched but not trained, so that the
-        epoch's counts of damaged samples stay complete. Returns the batches left untrained here."""
+        """At an epoch cut short by another rank's data: adds the damaged-sample counts that the batches fetched but
+        not trained carry, so that the epoch's counts stay complete, without marking those batches trained.
+        Returns how many batches were left untrained here."""
         untrained = len(self.held)
         while self.held:
             for item in self.held.popleft():
-                self.position.consume(item)
-        for item in self.trailing:
-            self.position.consume(item)
-        self.trailing = []
+                if item.get("tail"):
+                    self.position.consume(item)
+                else:
+                    self.position.problems += item["problems"]
+        self.record_trailing_tails()
         return untrained
 
     def record_trailing_tails(self) -> None:
