@@ -121,7 +121,7 @@ def train_step(
     engine.backward(loss)
     engine.step()
     if score:
-        valid = valid_token_mask(ids).to(target)
+        valid = valid_token_mask(ids).to(target, non_blocking=True)
         similarity = token_patch_max_cosine(out["score_tokens"], out["image_tokens"], valid, impl=config.nam.kernel)
         noise_table.record(caption_ids, 1.0 - similarity, valid)  # r = 1 - max_j s_ij, used next epoch
     # Each part before its weight, logged as loss_<name> when there is more than SDM.

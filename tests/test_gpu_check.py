@@ -81,3 +81,14 @@ def test_the_step_benchmark_cli_and_the_summary_with_the_ratio_against_the_refer
     assert table == render(json.loads((tmp_path / "gpu_check.json").read_text())) + "\n"
     assert "ours / reference" in table and "step_benchmark" in table and "MFU" in table
     assert versions()["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests/test_cuda.py runs it checked")
+def test_the_sync_probe_runs_its_steps_on_the_cpu():
+    """tests/cuda_sync_probe.py, which test_cuda.py runs under set_sync_debug_mode("error"), runs unchecked here."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.cuda_sync_probe"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no CUDA: 3 steps not checked for syncs, captions scored: 48" in result.stdout
