@@ -41,11 +41,11 @@ def versions() -> dict:
 def make_data(folder: Path) -> None:
     from data.pack import pack
     from data.synthetic import generate
-    from tests.conftest import SOURCES
+    from data.synthetic.captions import CAPTION_FILES
 
     generate(folder / "synthetic", seed=0, train_images=TRAIN_IMAGES, test_identities=2, progress=False)
     raw = folder / "synthetic" / "luperson_mllm"
-    pack(raw / "imgs", [raw / f"{s}.json" for s in SOURCES], folder / "shards", images_per_shard=48)
+    pack(raw / "imgs", [raw / name for name in CAPTION_FILES], folder / "shards", images_per_shard=48)
 
 
 def _load(path: Path) -> dict | None:
