@@ -15,8 +15,8 @@ train is trained, as with an agreement at every step. A batch counts in the data
 resumes from) only once it is trained, so the batches held ahead are never skipped by a resume.
 
 The cost of holding batches ahead is host memory: K x grad_accum batches (64 x 3 x 384 x 128 fp32 images are
-38 MB, so 600 MB per rank at the default K = 16). The default K keeps one agreement under 0.5% of the paper's
-step: about 1 ms for a gloo all-gather across nodes against 16 steps of about 20 ms (docs/benchmarks.md).
+38 MB, so 600 MB per rank at the default K = 16). With the default K an agreement costing up to 1.5 ms stays under
+0.5% of the time of 16 paper-size steps at the 45% MFU goal on an H200 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
