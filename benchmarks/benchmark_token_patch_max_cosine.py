@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +86,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--m", type=int, default=192, help="image patches per image")
     parser.add_argument("--d", type=int, default=512, help="feature width of the joint space")
     parser.add_argument("--peak-gbps", type=float, default=None, help="HBM peak in GB/s if the device cannot say")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows here as JSON (must not exist)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists():
+        parser.error(f"--out {args.out} exists; give a new path")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     unknown = [d for d in args.dtypes.split(",") if d not in DTYPES]
     if unknown:
@@ -114,16 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print("-" * len(header))
+    rows = []
     for dtype_name in args.dtypes:
         for batch in args.batch_sizes:
             text, image, valid = make_inputs(batch, args.n, args.m, args.d, DTYPES[dtype_name], device)
             row = measure(text, image, valid, token_patch_max_cosine_triton, bench)
+            rows.append(
+                {"dtype": dtype_name, "batch": batch, **row, "share_of_peak": row["gbps"] / peak if peak else None}
+            )
             share = f"{row['gbps'] / peak:7.1%}" if peak else f"{'n/a':>7}"
             print(
                 f"{dtype_name:>5} {batch:>5} | {row['triton']:9.4f} {row['torch']:9.4f} {row['einsum']:9.4f} | "
                 f"{row['torch'] / row['triton']:6.2f}x {row['einsum'] / row['triton']:7.2f}x | "
                 f"{row['gbps']:7.0f} {share} | {row['error']:8.1e}"
             )
+    if args.out is not None:
+        result = {"device": torch.cuda.get_device_name(device), "peak_gbps": peak, "n": args.n, "m": args.m}
+        args.out.write_text(json.dumps(result | {"d": args.d, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -73,6 +73,17 @@ def all_ranks(flag: bool) -> bool:
     return bool(value.item())  # CPU tensor: no device sync
 
 
+def agree(row: list[int]) -> list[list[int]]:
+    """Every rank's `row` of a few integers, on every rank, in rank order: one all-gather of one CPU tensor on the
+    control group (gloo), so that it neither waits on nor synchronises the device."""
+    if not is_distributed():
+        return [list(row)]
+    mine = torch.tensor(row, dtype=torch.int64)
+    rows = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, mine, group=_control_group())
+    return [r.tolist() for r in rows]  # CPU tensors: no device sync
+
+
 def _communication_device() -> torch.device:
     """nccl only moves CUDA tensors; gloo moves CPU tensors."""
     if dist.get_backend() == "nccl":

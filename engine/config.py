@@ -146,12 +146,23 @@ class TrainConfig:
     keep_checkpoints: int = 3
     max_steps: int = 0  # stop (and checkpoint) after this many optimizer steps; 0 = run all epochs
     log_every_steps: int = 10
+    # The ranks agree on "data left on every rank" and "any stop signal" once per this many optimizer steps, holding
+    # as many batches ahead; between agreements a step makes no host sync of its own (engine/step_agreement.py).
+    agree_every_steps: int = 16
     # A collective waiting longer than this fails the job instead of hanging it (a lost or stuck rank). It must
     # outlast what one rank does while the others wait: rank 0's checkpoint export, the eval ranking.
     collective_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        limits = ("epochs", "batch_size", "grad_accum", "keep_checkpoints", "log_every_steps", "collective_timeout_s")
+        limits = (
+            "epochs",
+            "batch_size",
+            "grad_accum",
+            "keep_checkpoints",
+            "log_every_steps",
+            "agree_every_steps",
+            "collective_timeout_s",
+        )
         for name in limits:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")

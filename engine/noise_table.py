@@ -11,6 +11,8 @@ per rank on 2 ranks, 160 MB on 8)."""
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 from engine import collectives
@@ -40,18 +42,55 @@ class ShardedNoiseTable:
         self.readable_codes = torch.empty(0, context_length, dtype=torch.uint8)
         self.pending_ids: list[torch.Tensor] = []  # scored this epoch, sent to the owners at its end
         self.pending_codes: list[torch.Tensor] = []
+        # CUDA only: (event, ids, pinned codes) of device-to-host copies still in flight, oldest first, and the pinned
+        # buffers free for reuse by shape.
+        self.in_flight: deque[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor]] = deque()
+        self.free_pinned: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     @property
     def bytes_per_caption(self) -> int:
         return self.context_length  # one byte per token where owned (plus 8 B of id where read remotely)
 
     def record(self, caption_ids: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor) -> None:
-        """Keeps r (B, N) of the valid tokens of captions (B,) until the epoch boundary."""
-        self._check_ids(caption_ids)
-        # Device-to-host copy of one byte per token: the table lives in host memory, sized for millions of captions.
-        codes = quantise(noise.detach()).cpu().masked_fill(~valid.cpu(), UNSCORED)
-        self.pending_ids.append(caption_ids.detach().cpu().long())
-        self.pending_codes.append(codes)
+        """Keeps r (B, N) of the valid tokens of captions (B,) until the epoch boundary.
+
+        The table lives in host memory (sized for millions of captions), so the codes, one byte per token, travel
+        device -> host. On CUDA the copy goes into pinned memory without blocking, and the codes join the table once
+        the copy's event has completed (`poll`, at every record) or at the latest at `settle`; the host never waits
+        for the device here."""
+        self._check_ids(caption_ids)  # caption ids come from the loader: host tensors
+        ids = caption_ids.detach().cpu().long()
+        codes = quantise(noise.detach()).masked_fill(
+            ~valid.to(noise.device), UNSCORED
+        )  # (B, N) uint8, on noise's device
+        if codes.device.type != "cuda":
+            self.pending_ids.append(ids)
+            self.pending_codes.append(codes.cpu())
+            return
+        self.poll()
+        free = self.free_pinned.get(tuple(codes.shape))
+        host = free.pop() if free else torch.empty(codes.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(codes, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.in_flight.append((event, ids, host))
+
+    def poll(self) -> None:
+        """Takes in the scores whose copies have completed, without waiting for the others."""
+        while self.in_flight and self.in_flight[0][0].query():
+            self._take_in(*self.in_flight.popleft())
+
+    def settle(self) -> None:
+        """Waits for every copy in flight and takes its scores in (before anything reads or saves the table)."""
+        while self.in_flight:
+            event, ids, host = self.in_flight.popleft()
+            event.synchronize()
+            self._take_in(event, ids, host)
+
+    def _take_in(self, event, ids: torch.Tensor, host: torch.Tensor) -> None:
+        self.pending_ids.append(ids)
+        self.pending_codes.append(torch.empty(host.shape, dtype=host.dtype).copy_(host))  # pageable; the pinned
+        self.free_pinned.setdefault(tuple(host.shape), []).append(host)  # buffer goes back to the pool
 
     def lookup(self, caption_ids: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) ids, (B, N) valid -> (noise (B, N) float32, 0 where unknown; known (B,): every valid token scored)."""
@@ -101,6 +140,7 @@ class ShardedNoiseTable:
         return torch.cat(groups), [len(g) for g in groups]
 
     def _pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.settle()
         if not self.pending_ids:
             return torch.empty(0, dtype=torch.long), torch.empty(0, self.context_length, dtype=torch.uint8)
         return torch.cat(self.pending_ids), torch.cat(self.pending_codes)

@@ -2,9 +2,9 @@
 
 SIGUSR1 (Slurm's early warning: `#SBATCH --signal=B:USR1@300`, forwarded to the ranks by the batch script)
 and SIGTERM (preemption, the time limit, `scancel`, the deepspeed launcher stopping its ranks) only set a
-flag. At every optimizer step the ranks add up their flags in one all-reduce, so that all of them stop
-after the same step even when the signal reached them at different moments; they save a checkpoint there
-and raise `StoppedBySignal`, and the entry point exits with EXIT_RESUMABLE. The batch script requeues the
+flag. At every agreement (every train.agree_every_steps optimizer steps, engine/step_agreement.py) the ranks add
+up their flags, so that all of them stop after the same step even when the signal reached them at different
+moments; they save a checkpoint there and raise `StoppedBySignal`, and the entry point exits with EXIT_RESUMABLE. The batch script requeues the
 job on that status, and the requeued job's `--resume auto` picks the checkpoint up.
 """
 
@@ -71,17 +71,24 @@ def end_data_workers() -> None:
             worker.join(timeout=10)
 
 
-def should_stop() -> str | None:
-    """On every rank, the stop signal that any rank got ("SIGUSR1 on 1 of 2 ranks"), or None to go on.
-    A collective: all ranks call it after the same optimizer step.
-
-    host sync: one tiny all-reduce per optimizer step (DeepSpeed's gradient clipping already syncs every step)."""
+def local_votes() -> list[int]:
+    """This rank's vote: 1 per stop signal (STOP_SIGNALS order) it got, else 0."""
     names = set(_received)
-    votes = collectives.all_reduce_sum([float(s.name in names) for s in STOP_SIGNALS])
+    return [int(s.name in names) for s in STOP_SIGNALS]
+
+
+def describe_votes(votes: list[float]) -> str | None:
+    """Votes summed over the ranks -> the stop signal most ranks got ("SIGUSR1 on 1 of 2 ranks"), or None to go on."""
     if not any(votes):
         return None
     first = max(range(len(STOP_SIGNALS)), key=lambda i: votes[i])
     return f"{STOP_SIGNALS[first].name} on {int(votes[first])} of {collectives.world_size()} ranks"
+
+
+def should_stop() -> str | None:
+    """On every rank, the stop signal that any rank got, or None to go on. A collective: all ranks call it at the same
+    point. Training votes inside its periodic agreement instead (engine/step_agreement.py)."""
+    return describe_votes(collectives.all_reduce_sum([float(v) for v in local_votes()]))
 
 
 def resume_target(resume: str | None, run_dir: Path, *, announce: bool) -> str | None:

@@ -36,6 +36,7 @@ from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_masked_captions
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.noise_table import ShardedNoiseTable
+from engine.step_agreement import LookaheadBatches
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
@@ -113,7 +114,7 @@ def train_step(
         score_ids=ids.to(target, non_blocking=True) if score else None,
         **heads,
     )
-    pids = batch["pid"].to(target)
+    pids = batch["pid"].to(target, non_blocking=True)
     parts = {
         "sdm": sdm_loss(
             collectives.gather_with_grad(out["image_feats"]),
@@ -132,7 +133,7 @@ def train_step(
     engine.backward(loss)
     engine.step()
     if score:
-        valid = valid_token_mask(ids).to(target)
+        valid = valid_token_mask(ids).to(target, non_blocking=True)
         similarity = token_patch_max_cosine(out["score_tokens"], out["image_tokens"], valid, impl=config.nam.kernel)
         noise_table.record(caption_ids, 1.0 - similarity, valid)  # r = 1 - max_j s_ij, used next epoch
     # Each part before its weight, logged as loss_<name> when there is more than SDM.
@@ -342,19 +343,31 @@ def run_epoch(
         if rank == 0:
             tqdm.write(json.dumps(record))
 
+    # One agreement every agree_every_steps optimizer steps: data left on every rank, and any stop signal.
+    block = config.train.agree_every_steps * config.train.grad_accum
+    held = LookaheadBatches(items, position, limit=batches_per_epoch - state.batches_done, lookahead=block)
+    left, data_ended = 0, False  # batches every rank still trains before the next agreement; a rank's data ended
     while state.batches_done < batches_per_epoch:
-        batch = next_batch(items, position)
-        # Damaged data can leave a rank short of the manifest's count: all ranks end the epoch together.
-        if not collectives.all_ranks(batch is not None):
-            if rank == 0:
-                print(f"epoch {epoch}: a rank ran out of data after {state.batches_done} batches", flush=True)
-            if window.batches:
-                log_window()
-            break
+        if left == 0:
+            if data_ended:
+                break
+            agreed = held.agree(min(block, batches_per_epoch - state.batches_done), before=noise_table.settle)
+            step = engine.global_steps
+            if agreed.stop_signals:  # SIGUSR1/SIGTERM on any rank: all stop here, after the same optimizer step
+                checkpoint(f"step{step:08d}")
+                progress.close()
+                log.write({"epoch": epoch, "stopped_after_step": step, "signals": agreed.stop_signals})
+                raise preemption.StoppedBySignal(agreed.stop_signals, step, f"step{step:08d}")
+            left, data_ended = agreed.batches, agreed.data_ended
+            if left == 0:
+                break
+        batch = held.next_batch()
+        left -= 1
         index = state.batches_done
         generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
         result = train_step(engine, batch, config, noise_table, epoch=epoch, generator=generator)
         state.batches_done = index + 1
+        held.refill()
         window.add(result)
         progress.update(1)
         boundary = engine.is_gradient_accumulation_boundary() or state.batches_done == batches_per_epoch
@@ -367,12 +380,14 @@ def run_epoch(
             checkpoint(f"step{step:08d}")
             progress.close()
             return True
-        stop_signals = preemption.should_stop() if boundary else None  # SIGUSR1/SIGTERM on any rank: all stop here
-        if stop_signals:
-            checkpoint(f"step{step:08d}")
-            progress.close()
-            log.write({"epoch": epoch, "stopped_after_step": step, "signals": stop_signals})
-            raise preemption.StoppedBySignal(stop_signals, step, f"step{step:08d}")
+    if state.batches_done < batches_per_epoch:  # damaged data left a rank short: all ranks end the epoch together
+        held.record_leftovers()
+        if rank == 0:
+            print(f"epoch {epoch}: a rank ran out of data after {state.batches_done} batches", flush=True)
+        if window.batches:
+            log_window()
+    else:
+        held.record_trailing_tails()
     progress.close()
     return False
 
@@ -405,14 +420,6 @@ class LossWindow:
         }
         self.reset()
         return record
-
-
-def next_batch(items, position: DataPosition) -> dict | None:
-    """The next batch from the loader, recording every item (tails too) in the data position."""
-    for item in items:
-        if position.consume(item):
-            return item
-    return None
 
 
 def log_data_problems(log: MetricsLog, epoch: int, position: DataPosition) -> dict[str, int]:

@@ -128,3 +128,35 @@ def test_training_over_damaged_shards_completes_and_logs_the_counts(tmp_path: Pa
     assert "data problems skipped and counted: missing_shard 1, truncated_shard 1" in result.stdout
     assert "data: undecodable_image at 000000002" in result.stderr  # the sample's key is logged
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.multirank
+def test_two_ranks_over_damaged_shards_end_the_epoch_together_without_losing_a_batch(tmp_path: Path):
+    """The damage leaves the two ranks different numbers of batches, fewer than the manifest promises. With an
+    agreement every 3 steps, the rank that runs out does so between agreements; both ranks still end the epoch
+    together after exactly the fewest batches either rank has (counted here by reading each rank's stream)."""
+    from tests.helpers import DEEPSPEED, free_port
+
+    out, _ = damaged_shards(tmp_path, "wds")
+    batch, workers, agree_every = 4, 2, 3
+    have = []
+    for rank in (0, 1):
+        items = make_loader(stream(out, rank=rank, world=2, workers=workers, batch=batch), num_workers=workers)
+        have.append(sum(1 for item in items if not item.get("tail")))
+    assert have[0] != have[1] and min(have) % agree_every  # runs out mid-block
+    config = yaml.safe_load(TINY)
+    config["data"] |= {"shards": str(out), "num_workers": workers}
+    config["train"] |= {"run_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": batch}
+    config["train"] |= {"agree_every_steps": agree_every, "log_every_steps": 1}
+    config["eval"] = {"every_epochs": 0}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "launcher.train"]
+    result = subprocess.run(
+        [*command, "--config", str(tmp_path / "config.yaml")], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"epoch 0: a rank ran out of data after {min(have)} batches" in result.stdout
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records if "loss" in r] == list(range(1, min(have) + 1))
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

@@ -13,8 +13,8 @@ from kernels.token_patch_max_cosine import (
     token_patch_max_cosine,
     token_patch_max_cosine_ref,
 )
-from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX, token_patch_max_cosine_triton
-from tests.helpers import REPO
+from kernels.token_patch_max_cosine_triton import BLOCK_M, token_patch_max_cosine_triton
+from tests.helpers import REPO, SHAPES, TOLERANCE, assert_matches, correlated_tokens, random_valid
 
 
 def brute_force(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -78,51 +78,10 @@ def test_unknown_implementation_is_refused():
 # (tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported), so nothing here is skipped.
 # ---------------------------------------------------------------------------------------------------------------
 
+
 # Absolute tolerance on cosines, per input dtype, against the reference on the same inputs: fp32 covers summation
 # order; the 16-bit slack is what rounding the inputs themselves costs against fp32 (checked below as well), so the
 # kernel is allowed no more error than choosing the dtype already brings.
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-SHAPES = [  # (batch, N, M, D)
-    (2, 77, 192, 512),  # the real shapes: CLIP context 77, 192 patches of a 384x128 ViT-B/16 image, 512-d joint space
-    (1, 77, 192, 512),  # a batch of one
-    (2, BLOCK_N_MAX, BLOCK_M, BLOCK_D),  # exactly one block each way
-    (2, BLOCK_N_MAX + 1, BLOCK_M + 1, BLOCK_D + 1),  # one past each block: 1-row, 1-column and 1-feature tails
-    (2, BLOCK_N_MAX - 1, BLOCK_M - 1, BLOCK_D - 1),  # one short of each block
-    (2, 16, 2 * BLOCK_M, 100),  # the small-N tile (16 rows) exactly full; D not a multiple of BLOCK_D
-    (2, 17, 3, 3 * BLOCK_D + 7),  # one past the small-N tile; several D blocks with a tail
-    (3, 1, 1, 1),  # one token each way, one feature
-]
-
-
-def correlated_tokens(batch: int, n: int, m: int, d: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text tokens near (or opposite to) some image token, so maxima spread over [-1, 1], not around 0.1."""
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(batch, m, d, generator=generator) * torch.rand(batch, m, 1, generator=generator).add(0.5)
-    source = torch.randint(0, m, (batch, n), generator=generator)
-    sign = torch.where(torch.rand(batch, n, 1, generator=generator) < 0.2, -1.0, 1.0)
-    noise = torch.rand(batch, n, 1, generator=generator) * 2.0
-    text = sign * torch.gather(image, 1, source[..., None].expand(-1, -1, d)) + noise * torch.randn(
-        batch, n, d, generator=generator
-    )
-    return text, image
-
-
-def random_valid(batch: int, n: int, *, seed: int) -> torch.Tensor:
-    return torch.rand(batch, n, generator=torch.Generator().manual_seed(seed)) > 0.25
-
-
-def assert_matches(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, what: str) -> None:
-    """assert_close, plus the (b, i) of the largest error and both values there."""
-
-    def message(default: str) -> str:
-        error = (actual - expected).abs().nan_to_num(nan=float("inf"))
-        b, i = divmod(int(error.argmax()), error.shape[1])
-        return f"{what}: largest error at (b={b}, i={i}): triton {actual[b, i].item()!r} vs reference {expected[b, i].item()!r}\n{default}"
-
-    torch.testing.assert_close(actual, expected, rtol=0.0, atol=atol, msg=message)
-
-
 def run_triton(text, image, valid=None) -> torch.Tensor:
     return token_patch_max_cosine(text, image, valid, impl="triton")
 
