@@ -17,6 +17,7 @@ from tests.helpers import REPO, TINY_REFERENCE
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
 def test_without_cuda_it_says_so_and_writes_nothing(tmp_path: Path):
     out = tmp_path / "check"
@@ -33,6 +34,7 @@ def test_without_cuda_it_says_so_and_writes_nothing(tmp_path: Path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_missing_interpreter_is_one_line(tmp_path: Path):
     result = subprocess.run(
         ["bash", str(SCRIPT)],
