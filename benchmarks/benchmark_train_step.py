@@ -103,7 +103,7 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
     """engine.trainer.train_step's SDM pretraining path, piece by piece, each piece timed: the same functions in the
     same order. Returns seconds per part."""
     from engine import collectives
-    from engine.deepspeed_setup import device
+    from engine.collectives import device
     from engine.losses import sdm_loss
     from engine.nam import valid_token_mask
     from engine.trainer import masked_captions

@@ -7,6 +7,8 @@ the loss on the concatenated batch. On one process every function here is the id
 
 from __future__ import annotations
 
+import socket
+
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as functional_collectives
@@ -22,6 +24,18 @@ def world_size() -> int:
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def device() -> torch.device:
+    """This rank's GPU when there is one (the process group's setup selected it), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def free_port() -> int:
+    """A TCP port free on this host now, for a rendezvous on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
 import torch
 import torch.distributed as dist
-from deepspeed.accelerator import get_accelerator
 
-from engine import liveness
+from engine import collectives, liveness
 from engine.config import Config
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def init_distributed(*, collective_timeout_s: float | None = None, heartbeat: bool = False) -> None:
@@ -30,7 +22,7 @@ def init_distributed(*, collective_timeout_s: float | None = None, heartbeat: bo
     leaves through `shutdown_distributed`."""
     if "RANK" not in os.environ:
         os.environ.update(
-            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(collectives.free_port())
         )
     if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
         # Ranks sharing a CPU host would each start one thread per core and fight over them.
@@ -66,10 +58,6 @@ def shutdown_distributed(*, clean: bool) -> None:
         if clean:
             dist.barrier()
         dist.destroy_process_group()
-
-
-def device() -> torch.device:
-    return torch.device(get_accelerator().current_device_name())
 
 
 def resolve_precision(precision: str) -> str:

@@ -28,9 +28,10 @@ from engine.checkpoint import (
     resolve_tag_dir,
     save_checkpoint,
 )
+from engine.collectives import device
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.data_health import check_epoch_data
-from engine.deepspeed_setup import deepspeed_config, device, init_distributed
+from engine.deepspeed_setup import deepspeed_config, init_distributed
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_masked_captions

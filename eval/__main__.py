@@ -68,11 +68,6 @@ def build(args: argparse.Namespace):
     return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
 
 
-def device() -> torch.device:
-    """This rank's GPU when there is one (init_distributed set it), else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -118,7 +113,7 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
-        model, split, batch_size=args.batch_size, num_workers=args.workers, device=device()
+        model, split, batch_size=args.batch_size, num_workers=args.workers, device=collectives.device()
     )
     encoded = time.perf_counter()
     if collectives.rank() != 0:  # every rank extracted its share; rank 0 ranks and reports

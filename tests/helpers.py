@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from PIL import Image
 from benchmarks.reference_step import ReferenceSizes
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
+from engine.collectives import free_port
 from engine.config import AugmentConfig, ModelConfig
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
@@ -80,12 +80,6 @@ train: {epochs: 3, batch_size: 8, log_every_steps: 4}
 eval: {cuhk_pedes: CUHK}
 """
 BATCHES_PER_EPOCH = 12  # 48 images x 4 captions / 2 ranks / batch 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stream(
