@@ -426,6 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="seeds per row (default 3; 1 with --reduced)")
     parser.add_argument("--clip", type=Path, help="use this OpenAI-format stand-in instead of training one")
     parser.add_argument("--reduced", action="store_true", help="tiny world and model, 1 seed, 1 epoch, 2 rows")
+    parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 1200)")
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], help="override for every run, e.g. train.epochs=2"
     )
@@ -436,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     size = REDUCED if args.reduced else WorldSize()
     size = WorldSize(**{**size.__dict__, "extra": [*size.extra, *args.extra]})
+    if args.pretrain_images is not None:
+        size.pretrain_images = args.pretrain_images
     if args.seeds is not None:
         if args.seeds < 1:
             print("error: --seeds must be >= 1", file=sys.stderr)
