@@ -76,7 +76,7 @@ REDUCED_ROWS = ("clip", "tde_nam")
 class WorldSize:
     """What one ablation costs; docs/ablation.md states the reasons and the measured wall time."""
 
-    pretrain_images: int = 1200
+    pretrain_images: int = 600
     web_images: int = 2000
     test_identities: int = 100
     images_per_test_identity: int = 2
@@ -426,7 +426,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, help="seeds per row (default 3; 1 with --reduced)")
     parser.add_argument("--clip", type=Path, help="use this OpenAI-format stand-in instead of training one")
     parser.add_argument("--reduced", action="store_true", help="tiny world and model, 1 seed, 1 epoch, 2 rows")
-    parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 1200)")
+    parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 600)")
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], help="override for every run, e.g. train.epochs=2"
     )
