@@ -73,6 +73,9 @@ class NamConfig:
     tap_layer: int = 10  # layer l (1-based count of blocks) whose tokens are scored
     clip: bool = True  # clip r' to [0, 1] as the reference implementation does (paper's Eq. 4 does not)
     kernel: str = "auto"  # token-patch cosine max: auto (Triton on CUDA, else PyTorch) | triton | torch
+    # Ablation ceiling (engine/nam_oracle.py): noise_words.jsonl of the packed synthetic set; its recorded wrong
+    # words get r = 1 and every other token r = 0 instead of the model's scores. None = the real scorer.
+    oracle_noise: str | None = None
 
     def __post_init__(self) -> None:
         if self.masking not in ("nam", "em", "none"):
@@ -81,6 +84,8 @@ class NamConfig:
             raise ConfigError(f"nam.mask_prob must be in [0, 1] (got {self.mask_prob})")
         if self.tap_layer < 1:
             raise ConfigError(f"nam.tap_layer must be >= 1 (got {self.tap_layer})")
+        if self.oracle_noise is not None and self.masking != "nam":
+            raise ConfigError(f"nam.oracle_noise needs nam.masking=nam (got {self.masking!r})")
         if self.kernel not in ("auto", "triton", "torch"):
             raise ConfigError(f"nam.kernel must be one of auto, triton, torch (got {self.kernel!r})")
 
@@ -99,11 +104,17 @@ class LossConfig:
     # IRRA's released code also feeds the MLM-masked caption to SDM and ID (anosorae/IRRA#13), and its published
     # numbers come from that; false = its paper's design: SDM and ID see the caption that nam.masking gives.
     mlm_shared_caption: bool = True
+    # A FILIP-style token-wise loss at the tap layer (engine/token_alignment.py). Not part of the method: it only
+    # trains the synthetic stand-in for web-pretrained CLIP (configs/synthetic_clip.yaml); 0 = off.
+    filip_weight: float = 0.0
+    filip_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0 (got {self.temperature})")
-        for name in ("id_weight", "mlm_weight"):
+        if self.filip_temperature <= 0:
+            raise ConfigError(f"loss.filip_temperature must be > 0 (got {self.filip_temperature})")
+        for name in ("id_weight", "mlm_weight", "filip_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, 0 turns it off (got {getattr(self, name)})")
         if not 0.0 < self.mlm_prob <= 1.0:
@@ -149,6 +160,9 @@ class TrainConfig:
     # The ranks agree on "data left on every rank" and "any stop signal" once per this many optimizer steps, holding
     # as many batches ahead; between agreements a step makes no host sync of its own (engine/step_agreement.py).
     agree_every_steps: int = 16
+    # Intra-op CPU threads per rank; 0 = torch's default (the machine's cores). CPU results are bitwise
+    # reproducible only at a fixed thread count: reductions split differently over 1 and 2 threads.
+    cpu_threads: int = 0
     # A collective waiting longer than this fails the job instead of hanging it (a lost or stuck rank). It must
     # outlast what one rank does while the others wait: rank 0's checkpoint export, the eval ranking.
     collective_timeout_s: float = 600.0
@@ -170,6 +184,8 @@ class TrainConfig:
             raise ConfigError(f"train.zero_stage must be 0, 1 or 2 (got {self.zero_stage})")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"train.precision must be one of auto, fp32, bf16, fp16 (got {self.precision!r})")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"train.cpu_threads must be >= 0, 0 = torch's default (got {self.cpu_threads})")
         if self.checkpoint_every_steps < 0 or self.max_steps < 0:
             raise ConfigError("train.checkpoint_every_steps and train.max_steps must be >= 0")
 

@@ -129,14 +129,31 @@ def train_step(
         parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
     if config.loss.mlm_weight > 0:
         parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
-    weights = {"sdm": 1.0, "id": config.loss.id_weight, "mlm": config.loss.mlm_weight}
+    if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
+        from engine.token_alignment import filip_loss
+
+        images = batch["image"].to(target, dtype=dtype, non_blocking=True)
+        parts["filip"] = filip_loss(
+            dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
+        )
+    weights = {
+        "sdm": 1.0,
+        "id": config.loss.id_weight,
+        "mlm": config.loss.mlm_weight,
+        "filip": config.loss.filip_weight,
+    }
     loss = sum(weights[name] * part for name, part in parts.items())
     engine.backward(loss)
     engine.step()
     if score:
         valid = valid_token_mask(ids).to(target, non_blocking=True)
         similarity = token_patch_max_cosine(out["score_tokens"], out["image_tokens"], valid, impl=config.nam.kernel)
-        noise_table.record(caption_ids, 1.0 - similarity, valid)  # r = 1 - max_j s_ij, used next epoch
+        noise = 1.0 - similarity  # r = 1 - max_j s_ij, used next epoch
+        if config.nam.oracle_noise:  # the ablation's ceiling: recorded wrong words r = 1, the rest 0
+            from engine.nam_oracle import oracle_noise
+
+            noise = oracle_noise(config, caption_ids, valid)
+        noise_table.record(caption_ids, noise, valid)
     # Each part before its weight, logged as loss_<name> when there is more than SDM.
     loss_parts = {name: part.detach() for name, part in parts.items()} if len(parts) > 1 else {}
     return {"loss": loss.detach(), "unscored": unscored, "loss_parts": loss_parts}
@@ -155,6 +172,8 @@ def train(
     run_dir = Path(config.train.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     torch.manual_seed(config.train.seed)
+    if config.train.cpu_threads:  # a fixed count makes CPU runs bitwise reproducible
+        torch.set_num_threads(config.train.cpu_threads)
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
     stream = CaptionSampleStream(

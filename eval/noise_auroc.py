@@ -316,6 +316,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-captions", type=positive_int, default=4000)
     parser.add_argument("--batch-size", type=positive_int, default=64, help="captions per forward")
     parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    parser.add_argument(
+        "--tap-layer", type=int, help="score at this layer instead of the model's tap layer (a layer sweep)"
+    )
     args = parser.parse_args(argv)
     if args.max_captions < 1 or args.batch_size < 1:
         parser.error("--max-captions and --batch-size must be >= 1")
@@ -339,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         captions, dirty = select_captions(args.data, args.max_captions)
         model, described = build(args)
+        if args.tap_layer is not None:
+            depth = min(model.cfg.vision_layers, model.cfg.text_layers)
+            if not 1 <= args.tap_layer <= depth:
+                raise NoiseAurocError(f"--tap-layer must be in [1, {depth}] for this model (got {args.tap_layer})")
+            model.tap_layer = args.tap_layer
         start = time.perf_counter()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         words, truncated = score_words(

@@ -18,6 +18,12 @@ class Stream(enum.IntEnum):
     CUHK_PERSON = 3
     CUHK_SCENE = 4
     CUHK_CAPTION = 5
+    WEB_PERSON = 6
+    WEB_SCENE = 7
+    WEB_CAPTION = 8
+    TARGET_PERSON = 9
+    TARGET_SCENE = 10
+    TARGET_CAPTION = 11
 
 
 def stream_rng(seed: int, stream: Stream, *indices: int) -> np.random.Generator:
