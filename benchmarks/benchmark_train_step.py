@@ -105,8 +105,7 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
     from engine import collectives
     from engine.collectives import device
     from engine.losses import sdm_loss
-    from engine.nam import valid_token_mask
-    from engine.trainer import masked_captions
+    from engine.nam import NoiseAwareMasker, valid_token_mask
     from kernels.token_patch_max_cosine import token_patch_max_cosine
 
     timer = PartTimer()
@@ -115,7 +114,9 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
     target = device()
     dtype = next(engine.module.parameters()).dtype
     with timer.part("masking"):
-        masked_ids, _ = masked_captions(config, ids, caption_ids, noise_table, epoch=EPOCH, generator=generator)
+        masked_ids, _ = NoiseAwareMasker(config.nam, noise_table).mask(
+            ids, caption_ids, epoch=EPOCH, generator=generator
+        )
     with timer.part("forward"):
         out = engine(
             batch["image"].to(target, dtype=dtype, non_blocking=True),
@@ -149,11 +150,13 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
 
 def whole_step_seconds(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> float:
     """The untouched train_step, from its call to the device finishing its work."""
+    from engine.nam import NoiseAwareMasker
     from engine.trainer import train_step
 
+    masker = NoiseAwareMasker(config.nam, noise_table)
     synchronize()
     start = time.perf_counter()
-    train_step(engine, batch, config, noise_table, epoch=EPOCH, generator=generator)
+    train_step(engine, batch, config, masker, epoch=EPOCH, generator=generator)
     synchronize()
     return time.perf_counter() - start
 
@@ -173,12 +176,14 @@ class _GlobalTotalOnly:
 
 def count_step_flops(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> int:
     """FLOPs of one train_step on this rank (forward, backward, NAM scoring and the optimizer's matmuls, if any)."""
+    from engine.nam import NoiseAwareMasker
     from engine.trainer import train_step
 
+    masker = NoiseAwareMasker(config.nam, noise_table)
     counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     counter.mod_tracker = _GlobalTotalOnly()
     with counter:
-        train_step(engine, batch, config, noise_table, epoch=EPOCH, generator=generator)
+        train_step(engine, batch, config, masker, epoch=EPOCH, generator=generator)
     synchronize()
     return counter.get_total_flops()
 

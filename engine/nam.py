@@ -5,9 +5,14 @@ higher masking probability. Scores from epoch e drive the masks of epoch e+1 (en
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from data.tokenizer import MASK_ID
+from engine.config import NamConfig
+from engine.noise_table import ShardedNoiseTable
+from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 MASK_REPLACE_SHARE = 0.8  # of drawn tokens become <|mask|>
 RANDOM_REPLACE_SHARE = 0.1  # become a random ordinary token; the rest stay unchanged (BERT-style)
@@ -67,4 +72,61 @@ def apply_mask(
     return masked, drawn
 
 
-__all__ = ["apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]
+class NoiseAwareMasker:
+    """NAM in one object, as a training step uses it (docs/method.md):
+
+    - `mask`: T_nam from T_full. NAM turns each caption's noise from the previous epoch into masking probabilities
+      (Eq. 4: r' = r - mean(r) + p), EM masks every valid token with p, `none` leaves the caption as it is. Epoch
+      0 has no scores yet, so NAM masks as EM does then, and so does any caption whose scores are missing.
+    - `score`: after the step, r = 1 - max_j cos(t_i, v_j) of every token of T_full against the image's patches
+      at layer l (the Triton kernel on CUDA), recorded in the sharded noise table for the next epoch.
+
+    `oracle`, an ablation ceiling only, replaces the model's r by a known one: (caption ids, valid) -> (B, N) noise.
+    """
+
+    def __init__(
+        self,
+        config: NamConfig,
+        noise_table: ShardedNoiseTable | None,
+        *,
+        oracle: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if config.masking == "nam" and noise_table is None:
+            raise ValueError("nam.masking=nam needs a noise table")
+        self.config, self.noise_table, self.oracle = config, noise_table, oracle
+
+    @property
+    def scores(self) -> bool:
+        """Whether steps must score T_full (NAM only)."""
+        return self.config.masking == "nam"
+
+    def mask(
+        self, ids: torch.Tensor, caption_ids: torch.Tensor, *, epoch: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        """ids (B, N) -> (T_nam (B, N), how many captions fell back to uniform masking for lack of scores)."""
+        if self.config.masking == "none":
+            return ids, 0
+        valid = valid_token_mask(ids)
+        probabilities = uniform_probabilities(valid, self.config.mask_prob)
+        unscored = 0
+        if self.scores and epoch > 0:  # epoch 0 has no scores yet: r' = p
+            noise, known = self.noise_table.lookup(caption_ids, valid)
+            scored = mask_probabilities(noise, valid, self.config.mask_prob, clip=self.config.clip)
+            probabilities = torch.where(known.unsqueeze(1), scored, probabilities)
+            unscored = int((~known).sum())  # host sync: CPU tensors here
+        masked, _ = apply_mask(ids, probabilities, valid, generator)
+        return masked, unscored
+
+    def score(
+        self, caption_ids: torch.Tensor, ids: torch.Tensor, score_tokens: torch.Tensor, image_tokens: torch.Tensor
+    ) -> None:
+        """Records r for every token of T_full: ids (B, N), score_tokens (B, N, E), image_tokens (B, M, E)."""
+        valid = valid_token_mask(ids).to(score_tokens.device, non_blocking=True)
+        similarity = token_patch_max_cosine(score_tokens, image_tokens, valid, impl=self.config.kernel)  # (B, N)
+        noise = 1.0 - similarity  # r = 1 - max_j s_ij, used next epoch
+        if self.oracle is not None:
+            noise = self.oracle(caption_ids, valid)
+        self.noise_table.record(caption_ids, noise, valid)
+
+
+__all__ = ["NoiseAwareMasker", "apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]

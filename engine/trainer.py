@@ -34,12 +34,11 @@ from engine.data_health import check_epoch_data
 from engine.deepspeed_setup import deepspeed_config, init_distributed
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
-from engine.model.heads import mlm_masked_captions
-from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.model.heads import mlm_branch
+from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
 from engine.step_agreement import LookaheadBatches
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
-from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 
 class InTrainingEvaluator(Protocol):
@@ -67,50 +66,38 @@ class TrainState:
         }
 
 
-def masked_captions(
-    config: Config,
-    ids: torch.Tensor,
-    caption_ids: torch.Tensor,
-    noise_table: ShardedNoiseTable,
-    *,
-    epoch: int,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, int]:
-    """T_nam for this step, and how many captions fell back to uniform masking for lack of scores."""
-    valid = valid_token_mask(ids)
-    if config.nam.masking == "none":
-        return ids, 0
-    probabilities = uniform_probabilities(valid, config.nam.mask_prob)
-    unscored = 0
-    if config.nam.masking == "nam" and epoch > 0:  # epoch 0 has no scores yet: r' = p
-        noise, known = noise_table.lookup(caption_ids, valid)
-        scored = mask_probabilities(noise, valid, config.nam.mask_prob, clip=config.nam.clip)
-        probabilities = torch.where(known.unsqueeze(1), scored, probabilities)
-        unscored = int((~known).sum())  # host sync: CPU tensors here
-    masked, _ = apply_mask(ids, probabilities, valid, generator)
-    return masked, unscored
+def oracle_for(config: Config):
+    """The ablation's oracle noise (nam.oracle_noise), or None: NAM then scores with the model, as the method does."""
+    if not config.nam.oracle_noise:
+        return None
+    from engine.nam_oracle import oracle_noise
+
+    return lambda caption_ids, valid: oracle_noise(config, caption_ids, valid)
 
 
 def train_step(
-    engine, batch: dict, config: Config, noise_table: ShardedNoiseTable, *, epoch: int, generator: torch.Generator
+    engine, batch: dict, config: Config, masker: NoiseAwareMasker | None, *, epoch: int, generator: torch.Generator
 ) -> dict:
-    """NAM-mask the captions, encode, SDM on the global batch (plus IRRA's ID and MLM losses where the config turns
-    them on), backward and step, then score T_full."""
-    ids, caption_ids = batch["ids"], batch["caption_id"]
-    masked_ids, unscored = masked_captions(config, ids, caption_ids, noise_table, epoch=epoch, generator=generator)
-    score = config.nam.masking == "nam"
+    """One step of the paper: NAM-mask the captions, encode, SDM on the global batch (plus IRRA's ID and MLM losses
+    where the config turns them on), backward and step, then score T_full for the next epoch's masks."""
+    ids, caption_ids = batch["ids"], batch["caption_id"]  # T_full (B, N) and the captions' global ids (B,)
+    masked_ids, unscored = masker.mask(ids, caption_ids, epoch=epoch, generator=generator) if masker else (ids, 0)
+    score = masker is not None and masker.scores
     target = device()
     dtype = next(engine.module.parameters()).dtype
-    heads = {}
-    if config.loss.mlm_weight > 0:  # IRRA's MLM caption: 15% of the unmasked caption's words, BERT-style
-        mlm_ids, mlm_drawn = mlm_masked_captions(ids, config.loss.mlm_prob, generator)
-        mlm_drawn = mlm_drawn.to(target, non_blocking=True)
-        if config.loss.mlm_shared_caption:  # SDM and ID read the MLM caption too, as IRRA's released code does
-            masked_ids, heads = mlm_ids, {"mlm_positions": mlm_drawn}
-        else:
-            heads = {"mlm_ids": mlm_ids.to(target, non_blocking=True), "mlm_positions": mlm_drawn}
+    heads, mlm_drawn = {}, None
+    if config.loss.mlm_weight > 0:
+        masked_ids, heads, mlm_drawn = mlm_branch(
+            ids,
+            masked_ids,
+            mask_prob=config.loss.mlm_prob,
+            shared_caption=config.loss.mlm_shared_caption,
+            generator=generator,
+            device=target,
+        )
+    images = batch["image"].to(target, dtype=dtype, non_blocking=True)
     out = engine(
-        batch["image"].to(target, dtype=dtype, non_blocking=True),
+        images,
         masked_ids.to(target, non_blocking=True),
         score_ids=ids.to(target, non_blocking=True) if score else None,
         **heads,
@@ -132,7 +119,6 @@ def train_step(
     if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
         from engine.token_alignment import filip_loss
 
-        images = batch["image"].to(target, dtype=dtype, non_blocking=True)
         parts["filip"] = filip_loss(
             dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
         )
@@ -146,14 +132,7 @@ def train_step(
     engine.backward(loss)
     engine.step()
     if score:
-        valid = valid_token_mask(ids).to(target, non_blocking=True)
-        similarity = token_patch_max_cosine(out["score_tokens"], out["image_tokens"], valid, impl=config.nam.kernel)
-        noise = 1.0 - similarity  # r = 1 - max_j s_ij, used next epoch
-        if config.nam.oracle_noise:  # the ablation's ceiling: recorded wrong words r = 1, the rest 0
-            from engine.nam_oracle import oracle_noise
-
-            noise = oracle_noise(config, caption_ids, valid)
-        noise_table.record(caption_ids, noise, valid)
+        masker.score(caption_ids, ids, out["score_tokens"], out["image_tokens"])
     # Each part before its weight, logged as loss_<name> when there is more than SDM.
     loss_parts = {name: part.detach() for name, part in parts.items()} if len(parts) > 1 else {}
     return {"loss": loss.detach(), "unscored": unscored, "loss_parts": loss_parts}
@@ -203,6 +182,7 @@ def train(
         model=model, model_parameters=parameter_groups(model, config.optim), config=ds_config
     )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
+    masker = NoiseAwareMasker(config.nam, noise_table, oracle=oracle_for(config))
     evaluator = make_evaluator(config.eval) if make_evaluator else None
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
@@ -243,7 +223,7 @@ def train(
                 engine,
                 stream,
                 config,
-                noise_table,
+                masker,
                 state,
                 position,
                 scheduler=scheduler,
@@ -330,7 +310,7 @@ def run_epoch(
     engine,
     stream: CaptionSampleStream,
     config: Config,
-    noise_table: ShardedNoiseTable,
+    masker: NoiseAwareMasker,
     state: TrainState,
     position: DataPosition,
     *,
@@ -371,7 +351,7 @@ def run_epoch(
         if left == 0:
             if data_ended:
                 break
-            agreed = held.agree(min(block, batches_per_epoch - state.batches_done), before=noise_table.settle)
+            agreed = held.agree(min(block, batches_per_epoch - state.batches_done), before=masker.noise_table.settle)
             step = engine.global_steps
             if agreed.stop_signals:  # SIGUSR1/SIGTERM on any rank: all stop here, after the same optimizer step
                 checkpoint(f"step{step:08d}")
@@ -385,7 +365,7 @@ def run_epoch(
         left -= 1
         index = state.batches_done
         generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
-        result = train_step(engine, batch, config, noise_table, epoch=epoch, generator=generator)
+        result = train_step(engine, batch, config, masker, epoch=epoch, generator=generator)
         state.batches_done = index + 1
         held.refill()
         window.add(result)

@@ -16,6 +16,7 @@ import torch
 
 from engine.config import Config, NamConfig, TrainConfig
 from engine.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
+from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
 from engine.trainer import LossWindow, train_step
 from engine.training_model import build_training_model, parameter_groups
@@ -44,6 +45,7 @@ def main() -> int:
     generator = torch.Generator().manual_seed(0)
     batch = synthetic_batch(config, BATCH, rank=0, generator=generator)
     table = ShardedNoiseTable(BATCH, config.model.context_length)
+    masker = NoiseAwareMasker(config.nam, table)
     window = LossWindow()
     step = engine.step
 
@@ -59,7 +61,7 @@ def main() -> int:
         if index == WARMUP_STEPS and cuda:
             torch.cuda.synchronize()
             mode("error")
-        window.add(train_step(engine, batch, config, table, epoch=1, generator=generator))  # epoch 1: NAM reads scores
+        window.add(train_step(engine, batch, config, masker, epoch=1, generator=generator))  # epoch 1: NAM reads scores
     mode("default")
     table.settle()
     scored = sum(len(ids) for ids in table.pending_ids)

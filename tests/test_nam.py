@@ -78,3 +78,36 @@ def test_masking_is_deterministic_given_the_generator():
     again = apply_mask(ids, uniform_probabilities(valid, 0.5), valid, torch.Generator().manual_seed(7))[0]
     other = apply_mask(ids, uniform_probabilities(valid, 0.5), valid, torch.Generator().manual_seed(8))[0]
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
+    """score() records r = 1 - max cosine per token; mask() in the next epoch turns it into higher masking
+    probabilities for the token that matched no patch. Epoch 0 masks uniformly, and EM never reads scores."""
+    from engine.config import NamConfig
+    from engine.nam import NoiseAwareMasker
+    from engine.noise_table import ShardedNoiseTable
+
+    ids = caption_ids()[:1].repeat(400, 1)  # one caption, many draws
+    caption_id = torch.arange(400)
+    valid = valid_token_mask(ids)
+    noisy = int(valid[0].nonzero()[2])  # the third word matches no patch; every other word matches patch 0
+    patches = torch.eye(4, 8).unsqueeze(0).repeat(400, 1, 1)  # (B, M=4, E=8)
+    tokens = patches[:, :1].repeat(1, ids.shape[1], 1).clone()  # (B, N, E), all equal to patch 0
+    tokens[:, noisy] = torch.eye(8)[7]  # orthogonal to every patch: r = 1
+    masker = NoiseAwareMasker(NamConfig(tap_layer=1, kernel="torch"), ShardedNoiseTable(400, ids.shape[1]))
+    first, unscored = masker.mask(ids, caption_id, epoch=0, generator=torch.Generator().manual_seed(0))
+    assert unscored == 0
+    masker.score(caption_id, ids, tokens, patches)
+    masker.noise_table.end_epoch(caption_id)
+    second, unscored = masker.mask(ids, caption_id, epoch=1, generator=torch.Generator().manual_seed(0))
+    assert unscored == 0
+    changed_first = (first != ids).float().mean(0)
+    changed_second = (second != ids).float().mean(0)
+    assert changed_second[noisy] > 2 * changed_first[noisy]  # the noisy word is masked far more often
+    others = valid[0].clone()
+    others[noisy] = False
+    assert changed_second[others].mean() < changed_first[others].mean()  # the mean stays p, so the rest less
+    em = NoiseAwareMasker(NamConfig(masking="em", tap_layer=1), None)
+    assert not em.scores and em.mask(ids, caption_id, epoch=3, generator=torch.Generator())[1] == 0
+    none = NoiseAwareMasker(NamConfig(masking="none", tap_layer=1), None)
+    assert none.mask(ids, caption_id, epoch=3, generator=torch.Generator())[0] is ids

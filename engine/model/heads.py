@@ -129,4 +129,25 @@ def mlm_masked_captions(
     return apply_mask(ids, uniform_probabilities(valid, mask_prob), valid, generator)
 
 
-__all__ = ["CrossModalMLM", "IdentityClassifier", "QuickGELU", "mlm_heads", "mlm_masked_captions"]
+def mlm_branch(
+    ids: torch.Tensor,
+    text_ids: torch.Tensor,
+    *,
+    mask_prob: float,
+    shared_caption: bool,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """IRRA's MLM inputs for one step: 15% of T_full's words drawn BERT-style (`mlm_masked_captions`).
+
+    ids (B, N) is T_full, text_ids (B, N) the caption SDM would read. Returns the caption SDM and ID read (the MLM
+    caption itself when `shared_caption`, as IRRA's released code does), the forward's MLM arguments, and the
+    drawn positions (B, N) bool on `device`, which the MLM loss predicts."""
+    mlm_ids, drawn = mlm_masked_captions(ids, mask_prob, generator)
+    drawn = drawn.to(device, non_blocking=True)
+    if shared_caption:
+        return mlm_ids, {"mlm_positions": drawn}, drawn
+    return text_ids, {"mlm_ids": mlm_ids.to(device, non_blocking=True), "mlm_positions": drawn}, drawn
+
+
+__all__ = ["CrossModalMLM", "IdentityClassifier", "QuickGELU", "mlm_branch", "mlm_heads", "mlm_masked_captions"]
