@@ -257,3 +257,28 @@ def test_server_serves_only_indexed_files_inside_the_folder(tmp_path: Path):
     for attempt in ("../secret.txt", "%2e%2e/secret.txt", "a/../../secret.txt", str(tmp_path / "secret.txt"), "a"):
         assert files.resolve(attempt) is None, attempt
     assert files.resolve("a/link.jpg") is None  # listed, but its real path is outside the folder
+
+
+def index_on_rank(rank: int, world: int, argv: list[str]) -> int:
+    from eval.gallery_index import parse_args, run
+
+    return run(parse_args(argv))  # the command's body; run_on_ranks has set up the gloo group
+
+
+@pytest.mark.multirank
+def test_two_ranks_write_the_same_index_as_one(gallery, tmp_path: Path, capsys):
+    from engine.local_ranks import run_on_ranks
+
+    model, images, _ = gallery
+    write_images(images, 3, start=6)
+    (images / "a" / "broken.jpg").write_bytes(b"not an image")  # rank 1's share: its flag must travel too
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert (
+        run_cli(capsys, "index", "--checkpoint", model, "--images", images, "--out", one, "--batch-size", "2")[0] == 0
+    )
+    argv = ["--checkpoint", str(model), "--images", str(images), "--out", str(two), "--batch-size", "2"]
+    assert run_on_ranks(2, index_on_rank, argv) == [0, 0]
+    single, split = read_index(one), read_index(two)
+    assert split.paths == single.paths and len(split.paths) == 9 and split.unreadable == single.unreadable
+    assert list(split.unreadable) == ["a/broken.jpg"]
+    torch.testing.assert_close(split.features, single.features, rtol=0, atol=1e-3)  # fp16 storage
