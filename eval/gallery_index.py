@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     identity = ModelIdentity.of(args.checkpoint)
     work = plan(out, images, identity, approximate=args.approximate)
     existing = work.existing
-    removed = len(existing) - len(work.keep) if existing else 0
+    removed = sum(p not in work.stats for p in existing.paths) if existing else 0  # deleted since (changed: encoded)
     unchanged = (
         existing is not None
         and (existing.approximate is not None) == args.approximate

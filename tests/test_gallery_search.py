@@ -121,6 +121,16 @@ def test_grown_folder_encodes_only_new_images_and_skips_unreadable_ones(gallery,
     assert status == 0 and "(1 encoded, 8 kept, 0 removed, 0 unreadable)" in printed
     assert "a/broken.jpg" in read_index(out).paths and read_index(out).unreadable == {}
 
+    # a changed image is encoded again, in its row
+    old = read_index(out)
+    Image.new("RGB", (40, 80), COLOURS[3]).save(images / "a" / "img001.jpg")
+    status, printed, _ = run_cli(capsys, "index", "--checkpoint", model, "--images", images, "--out", out)
+    assert status == 0 and "(1 encoded, 8 kept, 0 removed, 0 unreadable)" in printed
+    new = read_index(out)
+    assert new.paths == old.paths
+    changed = [not torch.equal(a, b) for a, b in zip(new.features, old.features, strict=True)]
+    assert changed == [p == "a/img001.jpg" for p in new.paths]
+
 
 def test_an_index_refuses_another_model_and_is_never_overwritten(gallery, tmp_path: Path, capsys):
     model, images, _ = gallery
