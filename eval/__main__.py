@@ -5,11 +5,13 @@ python -m eval --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root D
 python -m eval --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
 python -m eval stats --dataset cuhk-pedes --root DIR [--skip-missing]   # ids/images/captions per split
 python -m eval export --checkpoint PATH --out DIR   # a transformers CLIP folder (eval/export.py)
+python -m eval index|search|serve ...   # search a folder of images by description (docs/search.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
@@ -31,6 +33,8 @@ from eval.gallery import drop_undecodable
 from eval.html import write_html
 from eval.metrics import retrieval_metrics_from_features
 from eval.stats import add_dataset_args, fail, stats_main
+
+GALLERY_COMMANDS = {"index": "eval.gallery_index", "search": "eval.gallery_search", "serve": "eval.gallery_server"}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return stats_main(argv[1:])
     if argv[:1] == ["export"]:
         return export.main(argv[1:])
+    if argv[:1] and argv[0] in GALLERY_COMMANDS:
+        return importlib.import_module(GALLERY_COMMANDS[argv[0]]).main(argv[1:])
     args = parse_args(argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: extract features on all
         from engine.deepspeed_setup import init_distributed  # deepspeed only when the launcher started us
