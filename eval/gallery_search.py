@@ -27,10 +27,10 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.models.clip.modeling_clip import CLIPTextTransformer
 
+from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import MODEL_FILE, CheckpointError
 from engine.config import ConfigError, ModelConfig, _build
 from engine.model import CLIPDualEncoder, _hf_configs
-from engine.tokenizer import CLIPTokenizer
 from eval.gallery_index import GalleryIndex, GalleryIndexError, ModelIdentity, read_index, require_faiss
 
 DEFAULT_BUDGET_MB = 256

@@ -6,16 +6,37 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import aiohttp
+import pytest
 
-from tests.test_eval_html import CHROMIUM_FLAGS, chromium
-
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=5000",
+)
 STARTUP_SECONDS = 60
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("chromium not found: run .ci/install-chromium.sh")
+    pytest.skip("chromium not found (install it with .ci/install-chromium.sh)")
 
 
 class Browser:

@@ -1,9 +1,7 @@
 """The `--html` page rendered in headless Chromium: every image loads from the copied images/ folder, hits and
 misses are marked by pid, captions are escaped. Chromium comes from .ci/install-chromium.sh."""
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,19 +10,9 @@ import torch
 
 from data.datasets import load_split
 from eval.html import SHOWN_PER_QUERY, sample_queries, write_html
+from tests.devtools import CHROMIUM_FLAGS, chromium
 
 # The page is only a file: no sandbox (we run as root in CI), no GPU, nothing that reaches the network.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=5000",
-)
 # After the load event (every image settled), write "loaded/total" images into the DOM for --dump-dom.
 PROBE = (
     '<script>window.addEventListener("load", () => { const images = [...document.images];'
@@ -32,15 +20,6 @@ PROBE = (
     ' const probe = document.createElement("div"); probe.id = "probe";'
     ' probe.textContent = loaded + "/" + images.length; document.body.appendChild(probe); });</script>'
 )
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    if os.environ.get("CI"):
-        pytest.fail("chromium not found: run .ci/install-chromium.sh")
-    pytest.skip("chromium not found (install it with .ci/install-chromium.sh)")
 
 
 def loaded_images(page: Path, tmp_path: Path) -> tuple[int, int]:

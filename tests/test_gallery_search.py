@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import export_model
 from engine.model import CLIPDualEncoder
-from engine.tokenizer import CLIPTokenizer
 from eval.__main__ import main as eval_main
 from eval.gallery_index import FORMAT, read_index
 from eval.gallery_search import GallerySearcher, TextTower, exact_top_k, load_text_tower
 from eval.gallery_server import GalleryFiles
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 230, 30), (20, 20, 20), (240, 240, 240)]
 
@@ -277,7 +277,7 @@ def index_on_rank(rank: int, world: int, argv: list[str]) -> int:
 
 @pytest.mark.multirank
 def test_two_ranks_write_the_same_index_as_one(gallery, tmp_path: Path, capsys):
-    from engine.local_ranks import run_on_ranks
+    from tests.helpers import run_on_ranks
 
     model, images, _ = gallery
     write_images(images, 3, start=6)

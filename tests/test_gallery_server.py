@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data.datasets import load_split
+from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
 from engine.checkpoint import export_model
 from engine.model import CLIPDualEncoder
-from engine.tokenizer import CLIPTokenizer
 from eval.__main__ import main as eval_main
-from eval.benchmarks import load_split
-from tests.conftest import REPO, tiny_model_config
 from tests.devtools import Browser
+from tests.helpers import REPO, tiny_model_config
 
 pytestmark = pytest.mark.slow
 
