@@ -29,8 +29,8 @@ from transformers.models.clip.modeling_clip import CLIPTextTransformer
 
 from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import MODEL_FILE, CheckpointError
-from engine.config import ConfigError, ModelConfig, _build
-from engine.model import CLIPDualEncoder, _hf_configs
+from engine.config import ConfigError, ModelConfig, build_section
+from engine.model.clip import CLIPDualEncoder, transformers_configs
 from eval.gallery_index import GalleryIndex, GalleryIndexError, ModelIdentity, read_index, require_faiss
 
 DEFAULT_BUDGET_MB = 256
@@ -48,14 +48,14 @@ class TextTower(nn.Module):
     def __init__(self, cfg: ModelConfig, tap_layer: int) -> None:
         super().__init__()
         self.cfg, self.tap_layer = cfg, tap_layer
-        self.text_model = CLIPTextTransformer(_hf_configs(cfg)[1])
+        self.text_model = CLIPTextTransformer(transformers_configs(cfg)[1])
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
 
 
 def load_text_tower(tag_dir: Path, model_config: dict) -> TextTower:
     """Reads only the text tower's tensors from model.safetensors (the image tower is never loaded)."""
     try:
-        cfg = _build(ModelConfig, model_config["model"], "model")
+        cfg = build_section(ModelConfig, model_config["model"], "model")
         tower = TextTower(cfg, tap_layer=int(model_config["tap_layer"]))
         with safe_open(str(tag_dir / MODEL_FILE), framework="pt") as file:
             state = {k: file.get_tensor(k) for k in file.keys() if k.startswith(TEXT_PREFIXES)}  # noqa: SIM118

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data.cli_errors import error_boundary
 from data.datasets import DATASETS, DatasetError, load_split
 from eval import report
 
@@ -15,10 +16,11 @@ def add_dataset_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-missing", action="store_true", help="drop missing images (and their captions)")
 
 
-def stats_main(argv: list[str]) -> int:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval stats", description="ids, images, captions per split")
     add_dataset_args(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         splits = [
             load_split(args.dataset, args.root, s, skip_missing=args.skip_missing)

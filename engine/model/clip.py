@@ -28,7 +28,7 @@ def _attention_implementation() -> str:
     return "sdpa" if "sdpa" in ALL_ATTENTION_FUNCTIONS else "eager"
 
 
-def _hf_configs(cfg: ModelConfig) -> tuple[CLIPVisionConfig, CLIPTextConfig]:
+def transformers_configs(cfg: ModelConfig) -> tuple[CLIPVisionConfig, CLIPTextConfig]:
     common = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "dropout": 0.0}
     common["projection_dim"] = cfg.embed_dim
     vision = CLIPVisionConfig(
@@ -108,7 +108,7 @@ class CLIPDualEncoder(nn.Module):
             )
         self.cfg = cfg
         self.tap_layer = tap_layer
-        vision_config, text_config = _hf_configs(cfg)
+        vision_config, text_config = transformers_configs(cfg)
         self.vision_model = CLIPVisionTransformer(vision_config)
         self.vision_model.embeddings = RectangularVisionEmbeddings(vision_config, cfg.grid)
         self.text_model = CLIPTextTransformer(text_config)

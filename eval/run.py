@@ -1,0 +1,131 @@
+"""`python -m eval [run]`: text-to-image retrieval metrics of a checkpoint (or of the model a config builds) on one
+split of a dataset.
+
+python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
+    [--out results.json] [--save-rankings rankings.json [--top-k 10]] [--html DIR [--html-queries 20]]
+python -m eval run --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
+(`run` may be left out: a command line that starts with an option is a `run`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from data.cli_errors import error_boundary, non_negative_int, positive_int
+from data.datasets import DatasetError, load_split
+from data.outputs import check_output_file, check_output_folder, write_text_atomically
+from engine import collectives
+from engine.checkpoint import CheckpointError, load_exported_model
+from engine.config import ConfigError, load_config
+from engine.model import build_model
+from eval import report
+from eval.encode import encode_split
+from eval.gallery import drop_undecodable
+from eval.html import write_html
+from eval.metrics import retrieval_metrics_from_features
+from eval.stats import add_dataset_args, fail
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval run", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP)."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
+    source.add_argument(
+        "--config", help="evaluate the model this config builds (its pretrained weights or random init)"
+    )
+    add_dataset_args(parser)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="image loading workers")
+    parser.add_argument("--out", type=Path, help="also write metrics, stats, model provenance and timings as JSON")
+    parser.add_argument("--save-rankings", type=Path, help="write each query's top-k gallery indices (JSON)")
+    parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
+    parser.add_argument("--html", type=Path, help="write DIR/index.html: sampled queries and their top 10 images")
+    parser.add_argument("--html-queries", type=int, default=20, help="queries shown in --html")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="config overrides with --config, e.g. model.pretrained=PATH")
+    return parser.parse_args(argv)
+
+
+def build(args: argparse.Namespace):
+    """The model and where it came from (see eval.report.checkpoint_source)."""
+    if args.checkpoint:
+        model, tag_dir = load_exported_model(args.checkpoint)
+        return model, report.checkpoint_source(tag_dir)
+    config = load_config(args.config, args.overrides)
+    torch.manual_seed(config.train.seed)
+    return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
+
+
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: extract features on all
+        from engine.deepspeed_setup import init_distributed  # deepspeed only when the launcher started us
+
+        init_distributed()
+    try:
+        return evaluate(args)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    for flag in ("out", "save_rankings"):
+        if getattr(args, flag):
+            check_output_file(getattr(args, flag), flag=f"--{flag.replace('_', '-')}")
+    if args.html:
+        check_output_folder(args.html, flag="--html", overwrite=True)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    if args.top_k < 1 or args.html_queries < 1:
+        return fail(ValueError(f"--top-k and --html-queries must be >= 1 (got {args.top_k}, {args.html_queries})"))
+    try:
+        check_outputs(args)  # before any work: a mistyped path fails now, not after scoring
+        split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
+        split, _ = drop_undecodable(split, skip=args.skip_missing)
+        model, source = build(args)
+    except (DatasetError, CheckpointError, ConfigError) as error:
+        return fail(error)
+    if split.missing_images:
+        print(
+            f"note: skipped {len(split.missing_images)} missing or undecodable images and their captions "
+            f"(first: {split.missing_images[0]})",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    image_feats, text_feats = encode_split(
+        model, split, batch_size=args.batch_size, num_workers=args.workers, device=collectives.device()
+    )
+    encoded = time.perf_counter()
+    if collectives.rank() != 0:  # every rank extracted its share; rank 0 ranks and reports
+        return 0
+    # Ranked chunk by chunk from the features: the (Q, G) matrix never exists (ICFG-PEDES: 1.6 GB).
+    metrics = retrieval_metrics_from_features(
+        text_feats.cpu(), image_feats.cpu(), torch.tensor(split.caption_pids), torch.tensor(split.image_pids)
+    )
+    timings = {"encode_seconds": encoded - start, "metric_seconds": time.perf_counter() - encoded}
+    print(report.format_table(f"{report.split_title(split)}; {source['described']}", metrics))
+    if args.out:
+        write_text_atomically(
+            args.out,
+            report.results_json(dataset=args.dataset, split=split, source=source, metrics=metrics, timings=timings),
+        )
+    if args.save_rankings or args.html:
+        similarity = (text_feats @ image_feats.t()).cpu()  # (Q, G) cosine, only for the per-query outputs
+    if args.save_rankings:
+        report.write_rankings(args.save_rankings, split, similarity, args.top_k)
+    if args.html:
+        print(f"wrote {write_html(args.html, split, similarity, num_queries=args.html_queries)}", file=sys.stderr)
+    return 0
