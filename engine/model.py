@@ -242,5 +242,5 @@ def build_model(cfg: ModelConfig, tap_layer: int) -> CLIPDualEncoder:
     if cfg.pretrained:
         from engine.weights import load_pretrained  # weights.py needs this module's classes for its type hints
 
-        load_pretrained(model, cfg.pretrained)
+        load_pretrained(model, cfg.pretrained, position_interpolation=cfg.position_interpolation)
     return model
