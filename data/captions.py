@@ -133,7 +133,9 @@ def _replace_dirty_as_reference(caption_set: CaptionSet, rng: random.Random) -> 
     static = [i for i, s in enumerate(caption_set.sources) if not s.is_dynamic]
     for image, row in caption_set.captions.items():  # sorted by image name: the draws are reproducible
         original = list(row)
-        clean_static = [original[i] for i in static if original[i] is not None and not is_dirty(original[i], "reference")]
+        clean_static = [
+            original[i] for i in static if original[i] is not None and not is_dirty(original[i], "reference")
+        ]
         for index, source in enumerate(caption_set.sources):
             text = original[index]
             if text is None or not is_dirty(text, "reference"):

@@ -16,6 +16,7 @@ counted in the batch's `problems` (PROBLEMS order); a non-RGB image is converted
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import random
@@ -93,7 +94,8 @@ def expand(
     if passes > 1:
         slots = caption_passes(len(entries), passes, random.Random(_seed(seed, epoch, image_index, -2)))
         mine = [slot == pass_index for slot in slots]
-        entries, texts = [e for e, m in zip(entries, mine) if m], [t for t, m in zip(texts, mine) if m]
+        entries = [e for e, m in zip(entries, mine, strict=True) if m]
+        texts = [t for t, m in zip(texts, mine, strict=True) if m]
     good = []
     for entry, raw in zip(entries, texts, strict=True):
         try:
@@ -217,28 +219,29 @@ class CaptionSampleStream(IterableDataset):
         mixing = random.Random(_seed(self.seed, self.epoch, self.rank, worker, -3))
         mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
 
-        def samples() -> Iterator[CaptionSample | Problem]:
-            for pass_index in range(self.passes):
-                in_pass = list(shards)
-                if pass_index:
-                    mixing.shuffle(in_pass)
-                readers = [self._shard_records(index, mds) for index in in_pass]
-                for record in interleave(readers, width=self.interleave_shards, rng=mixing):
-                    if isinstance(record, ShardProblem):
-                        if pass_index == 0:  # a damaged shard is counted once per epoch
-                            yield Problem(record.kind, record.key)
-                    else:
-                        yield from expand(
-                            record,
-                            sampling=self.sampling,
-                            seed=self.seed,
-                            epoch=self.epoch,
-                            passes=self.passes,
-                            pass_index=pass_index,
-                        )
+        def one_pass(pass_index: int) -> Iterator[CaptionSample | Problem]:
+            in_pass = list(shards)
+            if pass_index:
+                mixing.shuffle(in_pass)
+            readers = [self._shard_records(index, mds) for index in in_pass]
+            for record in interleave(readers, width=self.interleave_shards, rng=mixing):
+                if isinstance(record, ShardProblem):
+                    if pass_index == 0:  # a damaged shard is counted once per epoch
+                        yield Problem(record.kind, record.key)
+                else:
+                    yield from expand(
+                        record,
+                        sampling=self.sampling,
+                        seed=self.seed,
+                        epoch=self.epoch,
+                        passes=self.passes,
+                        pass_index=pass_index,
+                    )
 
+        # One shuffle buffer per pass, emptied at its end: a buffer reaching into the next pass would bring an
+        # image's captions back together.
         shuffle = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=order)
-        return shuffle(samples())
+        return itertools.chain.from_iterable(shuffle(one_pass(k)) for k in range(self.passes))
 
     def __iter__(self):
         info = get_worker_info()

@@ -38,9 +38,7 @@ def build_optimizer(groups: list[dict], optim: OptimConfig) -> torch.optim.Optim
     return kind(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, optim: OptimConfig, *, epochs: int, total_steps: int
-) -> LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig, *, epochs: int, total_steps: int) -> LambdaLR:
     """The LambdaLR of `optim.schedule`: over optimizer steps (per_step) or over epoch indices (per_epoch)."""
     if optim.schedule == "per_epoch":
         warmup, total = optim.warmup_epochs, epochs

@@ -2,7 +2,8 @@
 # make demo: synthetic data -> webdataset (or DEMO_FORMAT=mds) shards -> 2-rank DeepSpeed pretraining on the CPU -> eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+VENV=${VENV:-.venv}  # the virtual environment to run in (make demo builds .venv)
+PY=$VENV/bin/python
 DATA=${DEMO_DATA:-demo_data}
 RUN=runs/demo
 FORMAT=${DEMO_FORMAT:-wds}  # wds (webdataset tar) | mds (mosaicml-streaming)
@@ -18,7 +19,7 @@ echo "== 3/5 the untrained model on the held-out test set"
 $PY -m eval --config configs/demo_cpu.yaml --dataset cuhk-pedes --root "$DATA/cuhk_pedes"
 echo "== 4/5 pretrain with SDM + NAM: 2 ranks through the deepspeed launcher (CPU, gloo)"
 rm -rf "$RUN"
-.venv/bin/deepspeed --num_gpus 2 --module launcher.train --config configs/demo_cpu.yaml "data.shards=$DATA/shards" \
+"$VENV/bin/deepspeed" --num_gpus 2 --module launcher.train --config configs/demo_cpu.yaml "data.shards=$DATA/shards" \
   "eval.cuhk_pedes=$DATA/cuhk_pedes" "train.run_dir=$RUN"
 echo "== 5/5 the trained model on the held-out test set"
 $PY -m eval --checkpoint "$RUN" --dataset cuhk-pedes --root "$DATA/cuhk_pedes" --out "$RUN/eval_test.json"
