@@ -1,4 +1,4 @@
-"""Readers for the three text-to-image person re-id benchmarks (METHOD.md §7).
+"""Readers for the three text-to-image person re-id benchmarks (docs/method.md).
 
 Each dataset root holds one annotation file and an `imgs/` folder beside it:
 

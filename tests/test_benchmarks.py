@@ -1,4 +1,4 @@
-"""eval.benchmarks on tiny fake copies of the three annotation formats (METHOD.md §7)."""
+"""eval.benchmarks on tiny fake copies of the three annotation formats (docs/method.md)."""
 
 from __future__ import annotations
 

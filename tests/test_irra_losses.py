@@ -1,4 +1,4 @@
-"""IRRA's identity and cross-modal MLM losses for fine-tuning (METHOD.md §6): the math, the heads, how they attach
+"""IRRA's identity and cross-modal MLM losses for fine-tuning (docs/method.md): the math, the heads, how they attach
 to the dual encoder, and a fine-tuning run through the real entry point that logs, exports, evaluates and resumes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Building LUPerson-MLLM captions with local multimodal LLMs (TDE, METHOD.md §2).
+"""Building LUPerson-MLLM captions with local multimodal LLMs (TDE, docs/method.md).
 
 - `instructions`: the static and dynamic instructions and the template bank (configs/captioning/tde_instructions.yaml),
   and the per-image template choice.
