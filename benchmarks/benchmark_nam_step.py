@@ -1,4 +1,4 @@
-"""What NAM adds to a training step over the EM baseline, at the paper's ViT-B/16 sizes, on the CPU (METHOD.md §4).
+"""What NAM adds to a training step over the EM baseline, at the paper's ViT-B/16 sizes, on the CPU (docs/method.md).
 
 python -m benchmarks.benchmark_nam_step [--batch-size 4] [--steps 5]
 
@@ -29,7 +29,7 @@ from engine.model import CLIPDualEncoder
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
-TAP_LAYER = 10  # layer l of METHOD.md §4
+TAP_LAYER = 10  # layer l of docs/method.md
 MASK_PROB = 0.15  # p
 MIN_CAPTION_TOKENS = 20  # random captions hold 20..74 BPE tokens between SOT and EOT
 WARMUP_STEPS = 1

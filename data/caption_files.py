@@ -1,16 +1,29 @@
 """LUPerson-MLLM captions: four JSON files, one per (instruction, captioner), image file name -> caption.
 
-Dynamic captions that still hold a template slot or markup are replaced by the same image's static
-caption from the same captioner, as the reference implementation does at load time (METHOD.md §1)."""
+Dirty captions (an unfilled template slot, markup) are replaced when packing, by one of two rules
+(docs/method.md, "Captions"):
+- `reference` (the default): every caption is checked for `description]` or `<`, as the authors' loader does, and a
+  dirty one becomes a random choice (seeded) between the image's clean static captions;
+- `same_captioner`: only dynamic captions are checked, for any `[...]` slot or `<...>` markup, and a dirty one
+  becomes the static caption of the same captioner (any clean static caption if that one is missing or dirty)."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DIRTY_CAPTION = re.compile(r"\[[^\]]*\]|<[^>]*>")  # "[clothing description]", "<ref>...</ref>"
+DIRTY_RULES = ("reference", "same_captioner")
+
+
+def is_dirty(text: str, rule: str) -> bool:
+    """The reference's test is two substrings; the other rule's is the bracket/markup pattern."""
+    if rule == "reference":
+        return "description]" in text or "<" in text
+    return DIRTY_CAPTION.search(text) is not None
 
 
 class CaptionError(ValueError):
@@ -39,6 +52,14 @@ class CaptionSet:
     captions: dict[str, list[str | None]]  # image file name -> one caption per source (None = missing)
     dirty_replaced: list[tuple[str, str]] = field(default_factory=list)  # (source, image) replaced by static
     dirty_unreplaceable: list[tuple[str, str]] = field(default_factory=list)  # no static caption to use
+    dirty_rule: str = "reference"
+
+    def counts_per_source(self, pairs: list[tuple[str, str]]) -> dict[str, int]:
+        """{source name: how many of `pairs` are its}, every source listed."""
+        counts = {source.name: 0 for source in self.sources}
+        for source, _ in pairs:
+            counts[source] += 1
+        return counts
 
 
 def read_caption_file(path: Path) -> dict[str, str]:
@@ -60,8 +81,10 @@ def read_caption_file(path: Path) -> dict[str, str]:
     return usable
 
 
-def load_captions(paths: list[str | Path]) -> CaptionSet:
-    """Reads every caption file and replaces dirty dynamic captions by the matching static one."""
+def load_captions(paths: list[str | Path], *, dirty_rule: str = "reference", seed: int = 0) -> CaptionSet:
+    """Reads every caption file and replaces dirty captions by `dirty_rule` (random draws seeded by `seed`)."""
+    if dirty_rule not in DIRTY_RULES:
+        raise CaptionError(f"the dirty-caption rule must be one of {', '.join(DIRTY_RULES)} (got {dirty_rule!r})")
     sources = [CaptionSource(Path(p).stem, Path(p)) for p in paths]
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
@@ -69,8 +92,11 @@ def load_captions(paths: list[str | Path]) -> CaptionSet:
     per_source = [read_caption_file(s.path) for s in sources]
     images = sorted(set().union(*per_source))
     captions = {image: [texts.get(image) for texts in per_source] for image in images}
-    caption_set = CaptionSet(sources=sources, captions=captions)
-    _replace_dirty(caption_set)
+    caption_set = CaptionSet(sources=sources, captions=captions, dirty_rule=dirty_rule)
+    if dirty_rule == "reference":
+        _replace_dirty_as_reference(caption_set, random.Random(seed))
+    else:
+        _replace_dirty(caption_set)
     for index, source in enumerate(sources):
         if all(row[index] is None for row in captions.values()):
             raise CaptionError(f"caption file {source.path} lost every caption: all are dirty and none replaceable")
@@ -98,3 +124,25 @@ def _replace_dirty(caption_set: CaptionSet) -> None:
             else:
                 caption_set.dirty_replaced.append((source.name, image))
             row[index] = fallback
+
+
+def _replace_dirty_as_reference(caption_set: CaptionSet, rng: random.Random) -> None:
+    """All four captions checked; a dirty one -> a random clean static caption of the image. The authors' loader draws
+    between both static captions even when the drawn one is itself dirty; here only clean ones are drawn, and a
+    caption with no clean static caption to take is dropped and counted (docs/method.md)."""
+    static = [i for i, s in enumerate(caption_set.sources) if not s.is_dynamic]
+    for image, row in caption_set.captions.items():  # sorted by image name: the draws are reproducible
+        original = list(row)
+        clean_static = [
+            original[i] for i in static if original[i] is not None and not is_dirty(original[i], "reference")
+        ]
+        for index, source in enumerate(caption_set.sources):
+            text = original[index]
+            if text is None or not is_dirty(text, "reference"):
+                continue
+            if clean_static:
+                row[index] = rng.choice(clean_static)
+                caption_set.dirty_replaced.append((source.name, image))
+            else:
+                row[index] = None
+                caption_set.dirty_unreplaceable.append((source.name, image))

@@ -2,8 +2,10 @@
 
 Each epoch the shard list is shuffled from (seed, epoch) and dealt to the ranks (shards[rank::world]),
 then to the DataLoader workers, so a caption meets a different rank from epoch to epoch (the sharded
-noise table follows it). A worker's samples form one sequence that depends only on (seed, epoch, rank,
-worker) and the shard contents; every batch carries its worker and the sequence position after it, so
+noise table follows it). A worker reads several of its shards at once, interleaved, through a shuffle
+buffer; with `spread_captions` each caption of an image is read in its own pass over the worker's shards
+(data/order.py), so an image's captions rarely share a batch. A worker's samples form one sequence that
+depends only on (seed, epoch, rank, worker) and the shard contents; every batch carries its worker and the sequence position after it, so
 a checkpoint can say exactly where each worker stands (data/position.py) and a resumed worker skips to
 that position without decoding what it passes. Augmentations draw from a generator seeded per sample.
 
@@ -14,6 +16,7 @@ counted in the batch's `problems` (PROBLEMS order); a non-RGB image is converted
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import random
@@ -27,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.config import AugmentConfig
 from data.manifest import Manifest, ShardError
+from data.order import caption_passes, interleave
 from data.position import DONE, WorkerStart
 from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
 from data.tokenizer import CLIPTokenizer
@@ -68,9 +72,13 @@ def _seed(*parts: int) -> int:
     return hash(parts) & 0x7FFF_FFFF
 
 
-def expand(record: RawRecord, *, sampling: str, seed: int, epoch: int) -> Iterator[CaptionSample | Problem]:
+def expand(
+    record: RawRecord, *, sampling: str, seed: int, epoch: int, passes: int = 1, pass_index: int = 0
+) -> Iterator[CaptionSample | Problem]:
     """One record -> its caption samples (every caption, or one drawn from (seed, epoch, image)) and the
-    problems of its unusable captions. Images stay encoded until a sample is drawn."""
+    problems of its unusable captions. Images stay encoded until a sample is drawn. With `passes` > 1 only the
+    captions assigned to `pass_index` come out (a draw from (seed, epoch, image)); a malformed record is reported
+    in pass 0 only."""
     try:
         meta = json.loads(record.meta)
         texts = record.captions.split(b"\n")
@@ -79,8 +87,15 @@ def expand(record: RawRecord, *, sampling: str, seed: int, epoch: int) -> Iterat
             raise ValueError(f"{len(texts)} caption lines for {len(entries)} captions")
         pid = int(meta["pid"])
     except (TypeError, AttributeError, KeyError, ValueError):  # JSONDecodeError, UnicodeDecodeError are ValueErrors
-        yield Problem("malformed_record", record.key)
+        if pass_index == 0:
+            yield Problem("malformed_record", record.key)
         return
+    image_index = int(meta.get("image_index", pid))
+    if passes > 1:
+        slots = caption_passes(len(entries), passes, random.Random(_seed(seed, epoch, image_index, -2)))
+        mine = [slot == pass_index for slot in slots]
+        entries = [e for e, m in zip(entries, mine, strict=True) if m]
+        texts = [t for t, m in zip(texts, mine, strict=True) if m]
     good = []
     for entry, raw in zip(entries, texts, strict=True):
         try:
@@ -93,7 +108,7 @@ def expand(record: RawRecord, *, sampling: str, seed: int, epoch: int) -> Iterat
             continue
         good.append(CaptionSample(record.key, record.image, text, pid, int(entry["caption_id"])))
     if sampling == "one_caption_per_image" and good:
-        good = [random.Random(_seed(seed, epoch, int(meta.get("image_index", pid)))).choice(good)]
+        good = [random.Random(_seed(seed, epoch, image_index)).choice(good)]
     yield from good
 
 
@@ -135,6 +150,8 @@ class CaptionSampleStream(IterableDataset):
         shuffle_buffer: int,
         sampling: str = "every_caption",
         remote: str | None = None,
+        interleave_shards: int = 4,
+        spread_captions: bool = True,
     ) -> None:
         if len(manifest.shards) < world_size:
             raise ShardError(
@@ -149,6 +166,9 @@ class CaptionSampleStream(IterableDataset):
         self.transform = train_transform(image_size, augment)
         self.tokenizer = CLIPTokenizer(context_length)
         self.seed, self.shuffle_buffer, self.sampling = seed, shuffle_buffer, sampling
+        self.interleave_shards = interleave_shards
+        # every_caption reads the shards once per caption source, each caption in one of those passes
+        self.passes = len(manifest.sources) if spread_captions and sampling == "every_caption" else 1
         self.epoch = 0
         self.start = WorkerStart.fresh(self.splits)
 
@@ -185,27 +205,43 @@ class CaptionSampleStream(IterableDataset):
         ]
         return torch.cat(ranges) if ranges else torch.empty(0, dtype=torch.long)
 
-    def _records(self, shards: list[int]) -> Iterator[RawRecord | ShardProblem]:
-        mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
-        for index in shards:
-            info = self.manifest.shards[index]
-            yield from (mds.read(info.path.name) if mds else read_wds_shard(info.path))
+    def _shard_records(self, index: int, mds: MDSShards | None) -> Iterator[RawRecord | ShardProblem]:
+        """One shard's records in file order (a ShardProblem where it is missing or ends early)."""
+        info = self.manifest.shards[index]
+        return mds.read(info.path.name) if mds else read_wds_shard(info.path)
 
     def sequence(self, worker: int) -> Iterator[CaptionSample | Problem]:
-        """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker)."""
+        """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker).
+        Per pass: its shards in a fresh random order, `interleave_shards` of them read at once."""
         shards = self.shard_indices(self.epoch, self.rank)[worker :: self.splits]
         order = random.Random(_seed(self.seed, self.epoch, self.rank, worker))
         order.shuffle(shards)
+        mixing = random.Random(_seed(self.seed, self.epoch, self.rank, worker, -3))
+        mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
 
-        def samples() -> Iterator[CaptionSample | Problem]:
-            for record in self._records(shards):
+        def one_pass(pass_index: int) -> Iterator[CaptionSample | Problem]:
+            in_pass = list(shards)
+            if pass_index:
+                mixing.shuffle(in_pass)
+            readers = [self._shard_records(index, mds) for index in in_pass]
+            for record in interleave(readers, width=self.interleave_shards, rng=mixing):
                 if isinstance(record, ShardProblem):
-                    yield Problem(record.kind, record.key)
+                    if pass_index == 0:  # a damaged shard is counted once per epoch
+                        yield Problem(record.kind, record.key)
                 else:
-                    yield from expand(record, sampling=self.sampling, seed=self.seed, epoch=self.epoch)
+                    yield from expand(
+                        record,
+                        sampling=self.sampling,
+                        seed=self.seed,
+                        epoch=self.epoch,
+                        passes=self.passes,
+                        pass_index=pass_index,
+                    )
 
+        # One shuffle buffer per pass, emptied at its end: a buffer reaching into the next pass would bring an
+        # image's captions back together.
         shuffle = wds.filters.shuffle(bufsize=self.shuffle_buffer, initial=self.shuffle_buffer, rng=order)
-        return shuffle(samples())
+        return itertools.chain.from_iterable(shuffle(one_pass(k)) for k in range(self.passes))
 
     def __iter__(self):
         info = get_worker_info()

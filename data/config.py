@@ -13,11 +13,25 @@ class ConfigError(ValueError):
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation of METHOD.md §6; evaluation only resizes and normalises."""
+    """Training augmentation as the reference (docs/method.md); evaluation only resizes and normalises."""
 
+    interpolation: str = "bilinear"  # Resize in training and eval: bilinear (torchvision's default) | bicubic
     hflip_prob: float = 0.5
     crop_padding: int = 10  # pad each side, then random-crop back to image_size
     erasing_prob: float = 0.5
+    erasing_scale: tuple[float, float] = (0.02, 0.4)  # share of the image area erased
+    # Random erasing runs after Normalize. mean: the CLIP mean RGB triple is written into the normalised tensor, the
+    # reference's quirk (value=mean on an already normalised image); zero: 0, i.e. the mean colour itself.
+    erasing_value: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(f"data.augment.interpolation must be bilinear or bicubic (got {self.interpolation!r})")
+        if self.erasing_value not in ("mean", "zero"):
+            raise ConfigError(f"data.augment.erasing_value must be mean or zero (got {self.erasing_value!r})")
+        low, high = self.erasing_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ConfigError(f"data.augment.erasing_scale must satisfy 0 < low <= high <= 1 (got {[low, high]})")
 
 
 @dataclass
@@ -26,6 +40,11 @@ class DataConfig:
     remote: str | None = None  # MDS only: where shards live (s3://..., gs://..., a path); `shards` is the local cache
     num_workers: int = 2  # DataLoader workers per rank
     shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
+    interleave_shards: int = 4  # shards each worker reads at once, records drawn from them at random
+    # every_caption: an image's captions go to different passes over the worker's shards (each shard is read once per
+    # caption source), so two captions of one image share a batch less often than at random instead of far more
+    # often; false reads each shard once and the captions of an image stay within the shuffle buffer of each other.
+    spread_captions: bool = True
     sampling: str = "every_caption"  # every caption its own sample (reference) | one_caption_per_image per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # An epoch in which a larger share of the samples was damaged (skipped) stops the run with the counts.
@@ -42,3 +61,5 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0 (got {self.num_workers})")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"data.shuffle_buffer must be >= 1 (got {self.shuffle_buffer})")
+        if self.interleave_shards < 1:
+            raise ConfigError(f"data.interleave_shards must be >= 1 (got {self.interleave_shards})")

@@ -1,11 +1,15 @@
 """Pack an image folder and LUPerson-MLLM caption files into webdataset or MDS shards plus a manifest.
 
     python -m data.pack --images DIR --captions Ts-qwen.json Ts-shikra.json Td-qwen.json Td-shikra.json \
-        --out DIR [--format wds|mds] [--shard-size 256MB | --images-per-shard N] [--workers 4]
+        --out DIR [--format wds|mds] [--shard-size 256MB | --images-per-shard N] [--workers 4] \
+        [--order-seed 0] [--dirty-captions reference|same_captioner]
 
 One record per image (data/records.py): the original image bytes, its captions, and for each caption its
 source and a stable global caption id (image index * num_sources + source index; for LUPerson the image
-index is the pid, as every image is its own identity). Shards are written in parallel, each atomically,
+index is the pid, as every image is its own identity). Images are packed in a seeded random permutation of their
+sorted file names (data/order.py; the manifest's `image_order`), never in file-name order, so that a shard is a
+random sample of the data set. Dirty captions are replaced by the reference's rule or the same-captioner rule
+(data/caption_files.py) and counted per caption file in the manifest. Shards are written in parallel, each atomically,
 with a `.done` note beside it; rerunning the same command on an interrupted output packs only the
 shards still missing. manifest.json (counts, shard list, sha256 checksums) is written last."""
 
@@ -22,9 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.caption_files import CaptionError, load_captions
+from data.caption_files import DIRTY_RULES, CaptionError, load_captions
 from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
+from data.order import image_permutation, order_record
 from data.outputs import check_output_folder
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
@@ -189,16 +194,20 @@ def pack(
     shard_bytes: int | None = None,
     fmt: str = "wds",
     workers: int = 1,
+    order_seed: int = 0,
+    dirty_rule: str = "reference",
 ) -> dict:
     if not images_dir.is_dir():
         raise CaptionError(f"image folder not found: {images_dir}")
-    caption_set = load_captions(caption_files)
+    caption_set = load_captions(caption_files, dirty_rule=dirty_rule, seed=order_seed)
     on_disk = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     packed = [p for p in on_disk if any(t is not None for t in caption_set.captions.get(p.name, ()))]
     without_captions = sorted({p.name for p in on_disk} - {p.name for p in packed})
     without_images = sorted(set(caption_set.captions) - {p.name for p in on_disk})
     if not packed:
         raise CaptionError(f"no image in {images_dir} has a caption in {', '.join(map(str, caption_files))}")
+    image_order = order_record([p.name for p in packed], order_seed)
+    packed = [packed[i] for i in image_permutation(len(packed), order_seed)]  # random order across all shards
 
     # LUPerson: every image is its own identity, so the pid is the image's index.
     names = [source.name for source in caption_set.sources]
@@ -213,8 +222,10 @@ def pack(
     extra = {
         "images_without_captions": {"count": len(without_captions), "names": without_captions[:LISTED_LIMIT]},
         "captions_without_images": {"count": len(without_images), "names": without_images[:LISTED_LIMIT]},
-        "dirty_captions_replaced": len(caption_set.dirty_replaced),
-        "dirty_captions_dropped": len(caption_set.dirty_unreplaceable),
+        "image_order": image_order,
+        "dirty_caption_rule": caption_set.dirty_rule,
+        "dirty_captions_replaced": caption_set.counts_per_source(caption_set.dirty_replaced),  # per caption file
+        "dirty_captions_dropped": caption_set.counts_per_source(caption_set.dirty_unreplaceable),
     }
     return write_shards(
         items,
@@ -246,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=positive_int, default=min(8, os.cpu_count() or 1), help="parallel shard writers"
     )
+    parser.add_argument("--order-seed", type=int, default=0, help="seed of the random image order (and caption draws)")
+    parser.add_argument(
+        "--dirty-captions",
+        choices=DIRTY_RULES,
+        default="reference",
+        help="reference: all captions checked for 'description]' or '<', replaced by a random static caption; "
+        "same_captioner: dynamic captions with [...] or <...> take the same captioner's static caption",
+    )
     args = parser.parse_args(argv)
     if args.images_per_shard is not None and args.images_per_shard <= 0:
         parser.error(f"--images-per-shard must be > 0 (got {args.images_per_shard})")
@@ -260,14 +279,17 @@ def main(argv: list[str] | None = None) -> int:
             shard_bytes=shard_bytes,
             fmt=args.format,
             workers=args.workers,
+            order_seed=args.order_seed,
+            dirty_rule=args.dirty_captions,
         )
     except (CaptionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"packed {manifest['num_images']} images, {manifest['num_captions']} captions into "
-        f"{len(manifest['shards'])} {args.format} shards in {args.out}; dirty captions replaced: "
-        f"{manifest['dirty_captions_replaced']}, dropped: {manifest['dirty_captions_dropped']}; images without "
+        f"{len(manifest['shards'])} {args.format} shards in {args.out} (random image order, seed {args.order_seed}); "
+        f"dirty captions ({args.dirty_captions} rule) replaced: {sum(manifest['dirty_captions_replaced'].values())}, "
+        f"dropped: {sum(manifest['dirty_captions_dropped'].values())}; images without "
         f"captions: {manifest['images_without_captions']['count']}; captions without images: "
         f"{manifest['captions_without_images']['count']}"
     )

@@ -1,11 +1,14 @@
 """Pack a benchmark's train split into training shards with the benchmark's pids, for fine-tuning.
 
-    python -m data.pack_dataset --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing]
+    python -m data.pack_dataset --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing] \
+        [--order-seed 0]
 
 The shards have the layout `data.pack` writes for LUPerson-MLLM, so training reads them unchanged; the
 difference is that several images share an identity, so SDM's positives are the benchmark's pids. The pids are
 stored as contiguous labels 0..K-1 (the k-th smallest benchmark pid becomes k) and the manifest records
-`num_identities` K, the classes of IRRA's identity loss (`loss.id_weight`)."""
+`num_identities` K, the classes of IRRA's identity loss (`loss.id_weight`). As `data.pack` does, the images go into
+the shards in a seeded random permutation (annotation files list an identity's images together), recorded in the
+manifest's `image_order`."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pathlib import Path
 from data.caption_files import CaptionError
 from data.cli_errors import error_boundary, positive_int
 from data.datasets import DATASETS, DatasetError, load_split
+from data.order import image_permutation, order_record
 from data.pack import ImageItem, check_out, write_shards
 
 
@@ -27,6 +31,7 @@ def pack_dataset(
     split: str = "train",
     images_per_shard: int = 1000,
     skip_missing: bool = False,
+    order_seed: int = 0,
 ) -> dict:
     data = load_split(dataset, root, split, skip_missing=skip_missing)
     per_image: list[list[str]] = [[] for _ in data.image_paths]
@@ -38,12 +43,15 @@ def pack_dataset(
         ImageItem(path, labels[pid], [(j, sources[j], text) for j, text in enumerate(texts)])
         for path, pid, texts in zip(data.image_paths, data.image_pids, per_image, strict=True)
     ]
+    image_order = order_record([str(item.path) for item in items], order_seed)  # of the annotation file's order
+    items = [items[i] for i in image_permutation(len(items), order_seed)]
     extra = {
         "benchmark": dataset,
         "split": split,
         "identities": len(labels),
         "num_identities": len(labels),  # what data.manifest.Manifest reads
         "missing_images": len(data.missing_images),
+        "image_order": image_order,
     }
     return write_shards(items, out_dir, sources=sources, images_per_shard=images_per_shard, extra=extra)
 
@@ -57,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--images-per-shard", type=positive_int, default=1000)
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")
+    parser.add_argument("--order-seed", type=int, default=0, help="seed of the random image order in the shards")
     args = parser.parse_args(argv)
     try:
         check_out(args.out, inputs=[Path(args.root) / "imgs"])
@@ -67,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             images_per_shard=args.images_per_shard,
             skip_missing=args.skip_missing,
+            order_seed=args.order_seed,
         )
     except (DatasetError, CaptionError) as error:  # CaptionError: --out holds a packing of other inputs
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""CLIP BPE tokenizer with the reference implementation's `<|mask|>` token (METHOD.md §3).
+"""CLIP BPE tokenizer with the reference implementation's `<|mask|>` token (docs/method.md).
 
 CLIP's vocabulary is full at 49,408 ids, so IRRA makes room for `<|mask|>` by dropping the last BPE merge
 ('jeky' + 'll</w>'). We drop it from the merge ranks as well, so BPE can never build the dropped symbol (IRRA

@@ -1,6 +1,6 @@
 """The one seam through which training code talks to other ranks.
 
-SDM needs the global batch with gradient (METHOD.md §5): `gather_with_grad` concatenates every
+SDM needs the global batch with gradient (docs/method.md): `gather_with_grad` concatenates every
 rank's features in rank order, and its backward sums the gradients of every rank's loss copy into
 the local slice, so that DeepSpeed's gradient averaging gives exactly the single-process gradient of
 the loss on the concatenated batch. On one process every function here is the identity."""

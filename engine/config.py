@@ -1,6 +1,7 @@
 """Typed run configuration: dataclasses whose defaults document the method, loaded from YAML plus
 dotted command-line overrides (`train.batch_size=8`). Unknown keys and wrong types fail with the
-field's name. The defaults follow the paper and its reference implementation (METHOD.md §3-§6)."""
+field's name. The defaults follow the paper and its reference implementation (docs/method.md); where the project
+keeps a default of its own (the optimizer and schedule), docs/method.md names the key that restores the reference."""
 
 from __future__ import annotations
 
@@ -35,8 +36,15 @@ class ModelConfig:
     context_length: int = 77  # text tokens including SOT and EOT
     vocab_size: int = 49408  # CLIP BPE; <|mask|> takes id 49405
     pretrained: str | None = None  # local HF CLIP dir or OpenAI ViT-B-16.pt; None = random init
+    # How a pretrained square position table (14x14) is resampled to the patch grid (24x8): bilinear as the
+    # reference's clip_model.py, or bicubic.
+    position_interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.position_interpolation not in ("bilinear", "bicubic"):
+            raise ConfigError(
+                f"model.position_interpolation must be one of bilinear, bicubic (got {self.position_interpolation!r})"
+            )
         h, w = self.image_size
         if h % self.patch_size or w % self.patch_size:
             raise ConfigError(
@@ -66,7 +74,7 @@ class ModelConfig:
 
 @dataclass
 class NamConfig:
-    """Noise-aware masking (METHOD.md §4)."""
+    """Noise-aware masking (docs/method.md)."""
 
     masking: str = "nam"  # nam | em (uniform masking baseline) | none
     mask_prob: float = 0.15  # p: the mean masking probability over valid tokens
@@ -92,7 +100,7 @@ class NamConfig:
 
 @dataclass
 class LossConfig:
-    """SDM (METHOD.md §5), plus IRRA's identity and cross-modal MLM losses for fine-tuning (§6), off by default:
+    """SDM (docs/method.md), plus IRRA's identity and cross-modal MLM losses for fine-tuning, off by default:
     the total is sdm + id_weight * id + mlm_weight * mlm."""
 
     temperature: float = 0.02  # tau; logit scale 1/tau = 50, fixed
@@ -125,23 +133,59 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimizer and learning-rate schedule (docs/method.md, "Training recipe"). The defaults are the project's own
+    recipe (AdamW, per-step warmup from 0 then cosine, clipping); configs/pretrain_luperson_mllm.yaml sets the
+    reference implementation's values explicitly."""
+
+    # adam: torch.optim.Adam, weight decay as coupled L2 (added to the gradient), as the reference; adamw:
+    # torch.optim.AdamW, decoupled decay. Either way one torch optimizer handed to DeepSpeed.
+    optimizer: str = "adamw"
     lr: float = 1e-5
+    eps: float = 1e-8  # the reference uses 1e-3 (its fp16 weights); parameters with gradient RMS below it step less
     weight_decay: float = 4e-5
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_fraction: float = 0.05  # share of all optimizer steps spent warming up linearly
+    # per_step: warmup and cosine advance every optimizer step; per_epoch: once per epoch, stepped by the trainer
+    # at epoch ends, as the reference's LRSchedulerWithWarmup.
+    schedule: str = "per_step"
+    warmup_fraction: float = 0.05  # per_step: share of all optimizer steps spent warming up linearly
+    warmup_epochs: int = 0  # per_epoch: epochs of linear warmup (the reference: 5)
+    warmup_start_factor: float = 0.0  # lr multiple where warmup starts (the reference: 0.1)
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0  # global gradient norm; 0 disables
+    grad_clip: float = 1.0  # global gradient norm; 0 disables (the reference does not clip)
     head_lr_factor: float = 5.0  # lr multiple for the randomly initialised ID/MLM heads (IRRA's lr_factor)
+    bias_lr_factor: float = 1.0  # lr multiple for every bias (IRRA's bias_lr_factor: 2)
+    bias_weight_decay: float | None = None  # weight decay of biases; None = optim.weight_decay (IRRA: 0)
+    # Every parameter at optim.lr and optim.weight_decay, whatever the factors say: the authors' own fine-tuning
+    # script, which comments IRRA's multipliers out.
+    single_lr: bool = False
 
     def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optim.optimizer must be one of adam, adamw (got {self.optimizer!r})")
+        if self.schedule not in ("per_step", "per_epoch"):
+            raise ConfigError(f"optim.schedule must be one of per_step, per_epoch (got {self.schedule!r})")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0 (got {self.lr})")
+        if self.eps <= 0:
+            raise ConfigError(f"optim.eps must be > 0 (got {self.eps})")
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"optim.betas must both be in [0, 1) (got {list(self.betas)})")
+        if self.weight_decay < 0 or (self.bias_weight_decay is not None and self.bias_weight_decay < 0):
+            raise ConfigError("optim.weight_decay and optim.bias_weight_decay must be >= 0")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ConfigError(f"optim.warmup_fraction must be in [0, 1) (got {self.warmup_fraction})")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"optim.warmup_epochs must be >= 0 (got {self.warmup_epochs})")
+        if not 0.0 <= self.warmup_start_factor <= 1.0:
+            raise ConfigError(f"optim.warmup_start_factor must be in [0, 1] (got {self.warmup_start_factor})")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
         if self.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0 (got {self.grad_clip})")
         if self.head_lr_factor <= 0:
             raise ConfigError(f"optim.head_lr_factor must be > 0 (got {self.head_lr_factor})")
+        if self.bias_lr_factor <= 0:
+            raise ConfigError(f"optim.bias_lr_factor must be > 0 (got {self.bias_lr_factor})")
 
 
 @dataclass

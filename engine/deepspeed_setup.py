@@ -67,36 +67,16 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def deepspeed_config(config: Config, *, total_steps: int, world_size: int) -> dict:
-    """AdamW + warmup-cosine (DeepSpeed's WarmupCosineLR), ZeRO stage, precision and clipping."""
+def deepspeed_config(config: Config, *, world_size: int) -> dict:
+    """Batch sizes, ZeRO stage, precision and clipping. The optimizer and scheduler are torch objects built by
+    engine/schedule.py and handed to deepspeed.initialize, so the config declares neither."""
     train, optim = config.train, config.optim
     precision = resolve_precision(train.precision)
-    warmup = max(1, int(total_steps * optim.warmup_fraction))  # DeepSpeed refuses 0 warmup steps
     return {
         "train_micro_batch_size_per_gpu": train.batch_size,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.batch_size * train.grad_accum * world_size,
-        "gradient_clipping": optim.grad_clip,
-        "optimizer": {
-            "type": "AdamW",
-            # torch's AdamW: DeepSpeed's fused Adam needs CUDA; the math is the same.
-            "params": {
-                "lr": optim.lr,
-                "betas": list(optim.betas),
-                "weight_decay": optim.weight_decay,
-                "torch_adam": True,
-            },
-        },
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {
-                "total_num_steps": max(total_steps, 1),
-                "warmup_num_steps": warmup,
-                "warmup_min_ratio": 0.0,
-                "warmup_type": "linear",
-                "cos_min_ratio": optim.min_lr_ratio,
-            },
-        },
+        "gradient_clipping": optim.grad_clip,  # 0: no clipping (the reference)
         "zero_optimization": {"stage": train.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},

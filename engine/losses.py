@@ -1,4 +1,4 @@
-"""Similarity distribution matching (SDM), the pretraining loss of METHOD.md §5, and IRRA's identity and MLM
+"""Similarity distribution matching (SDM), the pretraining loss of docs/method.md, and IRRA's identity and MLM
 losses for fine-tuning (§6).
 
 Pure functions of their inputs: SDM takes the (already gathered) global batch, the distributed gather lives in

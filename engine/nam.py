@@ -1,4 +1,4 @@
-"""Noise-aware masking (NAM) and its uniform baseline (EM), METHOD.md §4.
+"""Noise-aware masking (NAM) and its uniform baseline (EM), docs/method.md.
 
 Per caption: tokens whose layer-l embedding matches no image patch well are likely noise and get a
 higher masking probability. Scores from epoch e drive the masks of epoch e+1 (engine/noise_table.py)."""

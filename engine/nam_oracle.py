@@ -3,8 +3,8 @@ r = 1 and every other token r = 0, in place of the model's r = 1 - max_j cos. Ev
 the scores of epoch e drive the masks of epoch e + 1 through the noise table and Eq. 4's centring.
 
 The synthetic generator records each wrong word as (caption file, image, character span) in noise_words.jsonl
-beside the caption files; packing numbers captions image_index * num_sources + source_index with images in sorted
-name order (data/pack.py), which maps a record to its caption id. The caption's tokens are found by encoding it
+beside the caption files; packing numbers captions image_index * num_sources + source_index with images in the seeded
+random order its manifest records (data/pack.py, data/order.py), which maps a record to its caption id. The caption's tokens are found by encoding it
 piece by piece at the span's edges, as eval/noise_auroc.py does.
 """
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from data.caption_files import DIRTY_CAPTION
-from data.manifest import Manifest
+from data.caption_files import is_dirty
+from data.manifest import MANIFEST, Manifest
+from data.order import packed_positions
 from data.tokenizer import CLIPTokenizer
 from engine.config import ConfigError
 
@@ -35,8 +36,9 @@ class OracleNoise:
             raise ConfigError(f"nam.oracle_noise: {path} not found (data.synthetic writes noise_words.jsonl)")
         folder = path.parent
         sources = list(manifest.sources)
-        images = sorted(p.name for p in (folder / "imgs").iterdir())
-        position = {name: index for index, name in enumerate(images)}
+        packing = json.loads((Path(manifest.root) / MANIFEST).read_text())
+        position = packed_positions([p.name for p in (folder / "imgs").iterdir()], packing.get("image_order"))
+        dirty_rule = packing.get("dirty_caption_rule", "same_captioner")
         tokenizer = CLIPTokenizer(context_length)
         texts: dict[str, dict[str, str]] = {}
         spans: dict[int, tuple[int, int]] = {}
@@ -50,7 +52,7 @@ class OracleNoise:
             if source not in texts:
                 texts[source] = json.loads((folder / record["file"]).read_text(encoding="utf-8"))
             text = texts[source][record["image"]]
-            if DIRTY_CAPTION.search(text):  # packing replaced this caption by a clean one of the image
+            if is_dirty(text, dirty_rule):  # packing replaced this caption by a clean one of the image
                 continue
             start, end = record["char_start"], record["char_end"]
             first = 1 + len(tokenizer.encode(text[:start].rstrip())) if start else 1

@@ -1,4 +1,4 @@
-"""The sharded noise table of NAM (METHOD.md §4): per caption, the per-token noise r of its last scoring.
+"""The sharded noise table of NAM (docs/method.md): per caption, the per-token noise r of its last scoring.
 
 Rank `c % world` owns caption id c. During an epoch each rank reads the scores of the captions it
 processes from a snapshot fetched at the epoch boundary and records new scores locally; at the next

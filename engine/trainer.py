@@ -37,6 +37,7 @@ from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_branch
 from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
+from engine.schedule import build_optimizer, build_scheduler, stepped_per_epoch
 from engine.step_agreement import LookaheadBatches
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
 
@@ -168,6 +169,8 @@ def train(
         shuffle_buffer=config.data.shuffle_buffer,
         sampling=config.data.sampling,
         remote=config.data.remote,
+        interleave_shards=config.data.interleave_shards,
+        spread_captions=config.data.spread_captions,
     )
     position = DataPosition(stream.splits, manifest.caption_id_space, len(PROBLEMS))
     # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
@@ -177,16 +180,26 @@ def train(
     total_steps = sum(epoch_batches) // config.train.grad_accum
 
     model = build_training_model(config, manifest)  # the dual encoder, plus IRRA's heads when their losses are on
-    ds_config = deepspeed_config(config, total_steps=total_steps, world_size=world)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=parameter_groups(model, config.optim), config=ds_config
+    ds_config = deepspeed_config(config, world_size=world)
+    optimizer = build_optimizer(parameter_groups(model, config.optim), config.optim)  # torch Adam or AdamW
+    scheduler = build_scheduler(optimizer, config.optim, epochs=config.train.epochs, total_steps=total_steps)
+    per_epoch = stepped_per_epoch(config.optim)  # then the trainer steps it at epoch ends, not DeepSpeed
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=None if per_epoch else scheduler, config=ds_config
     )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
     masker = NoiseAwareMasker(config.nam, noise_table, oracle=oracle_for(config))
     evaluator = make_evaluator(config.eval) if make_evaluator else None
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
-        state = restore(engine, resume if resume != "latest" else checkpoint_dir, noise_table, stream, position)
+        state = restore(
+            engine,
+            resume if resume != "latest" else checkpoint_dir,
+            noise_table,
+            stream,
+            position,
+            epoch_scheduler=scheduler if per_epoch else None,
+        )
     if rank == 0:  # only now: the data, the weights and the checkpoint have all been read without an error
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -204,11 +217,12 @@ def train(
         )
 
     def checkpoint(tag: str) -> None:
+        epoch_schedule = {"epoch_lr_scheduler": scheduler.state_dict()} if per_epoch else {}
         save_checkpoint(
             engine,
             checkpoint_dir,
             tag=tag,
-            train_state=state.as_dict(),
+            train_state=state.as_dict() | epoch_schedule,
             noise_table=noise_table,
             model_config=config.model,
             tap_layer=config.nam.tap_layer,
@@ -246,6 +260,8 @@ def train(
                 noise_table.end_epoch(stream.caption_ids(epoch + 1))  # scores travel to whoever reads them next
                 log.write({"epoch": epoch, "noise_exchange_s": time.perf_counter() - started})
             state.epoch, state.batches_done = epoch + 1, 0
+            if per_epoch:
+                scheduler.step()  # the next epoch's lr, before the checkpoint records it
             position.new_epoch()
             tag = f"epoch{epoch + 1:04d}"
             checkpoint(tag)
@@ -276,7 +292,13 @@ def evaluate(
 
 
 def restore(
-    engine, path: str | Path, noise_table: ShardedNoiseTable, stream: CaptionSampleStream, position: DataPosition
+    engine,
+    path: str | Path,
+    noise_table: ShardedNoiseTable,
+    stream: CaptionSampleStream,
+    position: DataPosition,
+    *,
+    epoch_scheduler=None,
 ) -> TrainState:
     """Loads a checkpoint. On the layout that wrote it (world size, data workers per rank) every data
     worker continues at its saved position; on another layout the rest of the interrupted epoch (the
@@ -287,6 +309,12 @@ def restore(
     old_world, old_workers = restored["world_size"], restored.get("data_workers")
     same_layout = old_world == world and old_workers == stream.splits
     state = TrainState(restored["epoch"], restored["batches_done"] if same_layout else 0, world, stream.splits)
+    if epoch_scheduler is not None:  # DeepSpeed restores a per-step scheduler itself; the optimizer has the lr
+        if "epoch_lr_scheduler" in restored:
+            epoch_scheduler.load_state_dict(restored["epoch_lr_scheduler"])
+        else:  # written with a per-step schedule: start this one at the checkpoint's epoch
+            epoch_scheduler.last_epoch = state.epoch - 1
+            epoch_scheduler.step()
     saved = load_data_positions(tag_dir, [rank] if same_layout else list(range(old_world)))
     if same_layout and saved[0]:
         position.load_state_dict(saved[0])

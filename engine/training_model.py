@@ -90,14 +90,30 @@ def build_training_model(config: Config, manifest: Manifest) -> nn.Module:
 
 
 def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """Optimizer groups: the encoder at optim.lr, the randomly initialised heads at lr * optim.head_lr_factor.
-    The scheduler scales every group by the same factor, so the heads keep their multiple throughout."""
-    if not isinstance(model, DualEncoderWithHeads):
-        return [{"params": list(model.parameters())}]
-    return [
-        {"params": list(model.encoder.parameters())},
-        {"params": model.head_parameters(), "lr": optim.lr * optim.head_lr_factor},
-    ]
+    """Optimizer groups, each with its own lr and weight decay: the encoder at optim.lr, the randomly initialised
+    heads at lr * optim.head_lr_factor, and biases (LayerNorm's too, as IRRA matches "bias" in the name) at
+    optim.bias_lr_factor times their part's lr with optim.bias_weight_decay. optim.single_lr puts everything at
+    optim.lr. The scheduler scales every group by the same factor, so the multiples hold throughout.
+
+    IRRA's own rule differs in one corner: a bias inside its cross-modal module gets 2x (its bias rule wins over
+    the module's 5x), while here every head parameter keeps the head factor (docs/method.md lists it)."""
+    decay = optim.weight_decay
+    if optim.single_lr:
+        return [{"params": list(model.parameters()), "lr": optim.lr, "weight_decay": decay}]
+    bias_decay = decay if optim.bias_weight_decay is None else optim.bias_weight_decay
+    heads = set(model.head_parameters()) if isinstance(model, DualEncoderWithHeads) else set()
+    parts: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        is_bias = "bias" in name.rsplit(".", 1)[-1]
+        parts.setdefault((parameter in heads, is_bias), []).append(parameter)
+    groups: dict[tuple[float, float], dict] = {}  # parts with the same lr and decay share a group
+    for (is_head, is_bias), params in parts.items():
+        lr = optim.lr * (optim.head_lr_factor if is_head else 1.0)
+        if is_bias and not is_head:
+            lr *= optim.bias_lr_factor
+        settings = (lr, bias_decay if is_bias else decay)
+        groups.setdefault(settings, {"params": [], "lr": settings[0], "weight_decay": settings[1]})["params"] += params
+    return list(groups.values())
 
 
 __all__ = ["DualEncoderWithHeads", "build_training_model", "dual_encoder", "parameter_groups"]

@@ -1,4 +1,4 @@
-"""Direct-transfer evaluation during pretraining (METHOD.md §8): every configured benchmark, every N epochs,
+"""Direct-transfer evaluation during pretraining (docs/method.md): every configured benchmark, every N epochs,
 features extracted in parallel over the ranks. The best checkpoint is chosen on a validation split, never
 on a test split; test numbers are logged beside it, separately."""
 

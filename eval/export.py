@@ -42,7 +42,7 @@ from engine.checkpoint import CheckpointError, load_exported_model
 from engine.model import CLIPDualEncoder
 from engine.model.weights import VISION_POSITIONS
 
-_BICUBIC = 3  # PIL.Image.BICUBIC, as data.transforms resizes
+_BILINEAR = 2  # PIL.Image.BILINEAR, as data.transforms resizes by default
 
 
 def square_side(grid: tuple[int, int]) -> int | None:
@@ -117,7 +117,7 @@ def export_transformers(model: CLIPDualEncoder, out_dir: Path) -> None:
     CLIPImageProcessor(
         size={"height": height, "width": width},
         do_center_crop=False,
-        resample=_BICUBIC,
+        resample=_BILINEAR,
         image_mean=list(CLIP_MEAN),
         image_std=list(CLIP_STD),
     ).save_pretrained(out_dir)

@@ -1,4 +1,4 @@
-"""Text-to-image retrieval metrics of the field (METHOD.md §8): R@1/5/10 (CMC), mAP and mINP, in percent.
+"""Text-to-image retrieval metrics of the field (docs/method.md): R@1/5/10 (CMC), mAP and mINP, in percent.
 
 Each query ranks the whole gallery by similarity, descending; ties keep gallery order (a stable sort, so
 the earlier gallery index ranks first). For one query with ranked relevance rel_1..rel_G (rel_k = 1 when

@@ -4,7 +4,7 @@ python -m eval.noise_auroc --checkpoint RUN_DIR --data DIR/luperson_mllm [--max-
                            [--out FILE.json]
 python -m eval.noise_auroc --config configs/X.yaml --data ...   # the untrained model: AUROC near 0.5
 
-Tokens are scored as training scores them (METHOD.md §4): the unmasked caption runs through the first `tap_layer`
+Tokens are scored as training scores them (docs/method.md): the unmasked caption runs through the first `tap_layer`
 text blocks, the image through the vision tower, and r_i = 1 - max_j cos(text token i, image patch j). A word's
 noise is the max (also the mean) of r over its BPE tokens. Wrong words are those recorded in noise_words.jsonl;
 correct words are the attribute words the caption's phrases name ("long blonde hair", "a red t-shirt", "gray

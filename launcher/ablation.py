@@ -276,7 +276,8 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
     drove epoch 2's masks (saved with the checkpoint after epoch 1; one rank, so the table is whole)."""
     from safetensors.torch import load_file
 
-    from data.manifest import Manifest
+    from data.manifest import MANIFEST, Manifest
+    from data.order import packed_positions
     from data.tokenizer import CLIPTokenizer
     from engine.nam import mask_probabilities, valid_token_mask
     from engine.noise_table import UNSCORED, dequantise
@@ -285,8 +286,8 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
     state = load_file(str(run_dir / "checkpoints" / "epoch0001" / "rank00000_state.safetensors"))
     owned = state["noise_table.owned"]  # (captions, N) uint8, row = caption id on one rank
     manifest = Manifest.load(shards)
-    images = sorted(p.name for p in (raw_dir / "imgs").iterdir())
-    position = {name: index for index, name in enumerate(images)}
+    packing = json.loads((Path(shards) / MANIFEST).read_text())
+    position = packed_positions([p.name for p in (raw_dir / "imgs").iterdir()], packing.get("image_order"))
     tokenizer = CLIPTokenizer(owned.shape[1])
     captions, _ = select_captions(raw_dir, max_captions)
     sums = {"wrong": [0.0, 0], "correct": [0.0, 0]}

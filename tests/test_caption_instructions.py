@@ -11,7 +11,7 @@ import pytest
 from data.captioning.images import rank_of
 from data.captioning.instructions import DEFAULT_INSTRUCTIONS, CaptioningError, load_instructions
 
-SLOT_VOCABULARY = {  # METHOD.md §2
+SLOT_VOCABULARY = {  # docs/method.md
     "[person/woman/man]",
     "[hair description]",
     "[clothing description]",

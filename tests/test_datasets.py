@@ -1,4 +1,4 @@
-"""data.datasets on tiny fake copies of the three annotation formats (METHOD.md §7)."""
+"""data.datasets on tiny fake copies of the three annotation formats (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from engine.losses import sdm_loss
 
 
 def sdm_by_definition(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, tau: float, eps: float) -> float:
-    """METHOD.md §5 written out with loops, in float64."""
+    """docs/method.md written out with loops, in float64."""
     image = torch.nn.functional.normalize(image.double(), dim=1)
     text = torch.nn.functional.normalize(text.double(), dim=1)
     batch = len(pids)

@@ -1,4 +1,4 @@
-"""eval.metrics against hand-computed numbers and a plain per-query numpy reference (METHOD.md §8)."""
+"""eval.metrics against hand-computed numbers and a plain per-query numpy reference (docs/method.md)."""
 
 from __future__ import annotations
 

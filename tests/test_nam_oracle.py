@@ -9,6 +9,7 @@ import torch
 
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
+from data.order import image_permutation
 from data.pack import pack
 from data.synthetic import CAPTION_FILES, generate
 from data.tokenizer import CLIPTokenizer
@@ -29,6 +30,9 @@ def test_oracle_marks_the_wrong_word(tmp_path: Path) -> None:
     tokenizer = CLIPTokenizer(77)
     stream = CaptionSampleStream(manifest, rank=0, world_size=1, num_workers=0, batch_size=4, image_size=(64, 32),
                                  augment=AugmentConfig(), context_length=77, seed=0, shuffle_buffer=1)  # fmt: skip
+    seed = json.loads((tmp_path / "shards" / "manifest.json").read_text())["image_order"]["seed"]
+    names = sorted(p.name for p in (raw / "imgs").iterdir())
+    packed_names = [names[i] for i in image_permutation(len(names), seed)]  # image index -> file name, worked out here
     checked = 0
     for batch in stream:
         if batch.get("tail"):
@@ -38,7 +42,7 @@ def test_oracle_marks_the_wrong_word(tmp_path: Path) -> None:
             marked = batch["ids"][row][noise[row] > 0].tolist()
             if caption_id in oracle.spans:
                 image, source = divmod(caption_id, len(manifest.sources))
-                name = sorted(p.name for p in (raw / "imgs").iterdir())[image]
+                name = packed_names[image]
                 record = next(
                     r for r in records if r["image"] == name and Path(r["file"]).stem == manifest.sources[source]
                 )

@@ -11,7 +11,7 @@ from tests.helpers import SOURCES, caption_files, write_caption_set
 
 
 def test_dirty_dynamic_captions_take_the_static_caption_of_the_same_captioner(caption_set_dir: Path):
-    caption_set = load_captions(caption_files(caption_set_dir))
+    caption_set = load_captions(caption_files(caption_set_dir), dirty_rule="same_captioner")
     assert [s.name for s in caption_set.sources] == list(SOURCES)
     assert len(caption_set.dirty_replaced) == 5  # images 0, 10, 20, 30, 40 of 48
     row = caption_set.captions["00010.jpg"]
@@ -24,7 +24,8 @@ def test_manifest_counts_ids_and_checksums(packed_shards: Path):
     assert manifest["num_images"] == 48 and manifest["num_captions"] == 192
     assert manifest["caption_id_space"] == 192
     assert [s["images"] for s in manifest["shards"]] == [12, 12, 12, 12]
-    assert manifest["dirty_captions_replaced"] == 5
+    assert manifest["dirty_captions_replaced"] == {"Ts-qwen": 0, "Ts-shikra": 0, "Td-qwen": 5, "Td-shikra": 0}
+    assert manifest["dirty_caption_rule"] == "reference"
     caption_ids, pids = [], []
     for shard in manifest["shards"]:
         with tarfile.open(packed_shards / shard["name"]) as tar:
@@ -125,9 +126,64 @@ def test_a_caption_file_that_lost_every_caption_is_named(tmp_path: Path):
     (root / "Ts-shikra.json").write_text(json.dumps({"00000.jpg": "  ", "00001.jpg": ""}))
     with pytest.raises(CaptionError, match="Ts-shikra.json lost every caption"):
         load_captions(caption_files(root))
-    dirty = {f"{i:05d}.jpg": "a [gender] in [colour]" for i in range(4)}
+    dirty = {f"{i:05d}.jpg": "a [gender description] in <colour>" for i in range(4)}  # dirty by either rule
     for static in ("Ts-shikra", "Ts-qwen"):  # no static caption of these images to replace a dirty one with
         (root / f"{static}.json").write_text(json.dumps({"other.jpg": "a man"}))
     (root / "Td-qwen.json").write_text(json.dumps(dirty))
     with pytest.raises(CaptionError, match="Td-qwen.json lost every caption"):
         load_captions(caption_files(root))
+
+
+def test_reference_rule_checks_every_caption_and_draws_between_the_static_ones(tmp_path: Path):
+    root = write_caption_set(tmp_path / "raw", images=40, dirty_every=1000)  # image 0's Td-qwen is dirty
+    files = caption_files(root)
+    rows = {name: json.loads(f.read_text()) for name, f in zip(SOURCES, files, strict=True)}
+    for index in range(40):
+        rows["Td-shikra"][f"{index:05d}.jpg"] = "A [person/woman/man] with [hair description]."
+    rows["Ts-qwen"]["00000.jpg"] = "a <ref>person</ref> in red"  # a static caption can be dirty too
+    rows["Td-qwen"]["00001.jpg"] = "a [person/woman/man] in blue"  # no 'description]', no '<': kept by the reference
+    for name, f in zip(SOURCES, files, strict=True):
+        f.write_text(json.dumps(rows[name]))
+    caption_set = load_captions(files, seed=3)
+    assert caption_set.counts_per_source(caption_set.dirty_replaced) == {
+        "Ts-qwen": 1,
+        "Ts-shikra": 0,
+        "Td-qwen": 1,
+        "Td-shikra": 40,
+    }
+    assert caption_set.captions["00001.jpg"][2] == "a [person/woman/man] in blue"
+    assert caption_set.captions["00000.jpg"][0] == caption_set.captions["00000.jpg"][1]  # the only clean static one
+    drawn = [caption_set.captions[f"{i:05d}.jpg"][3] for i in range(1, 40)]
+    statics = [tuple(caption_set.captions[f"{i:05d}.jpg"][:2]) for i in range(1, 40)]
+    assert all(text in pair for text, pair in zip(drawn, statics, strict=True))
+    assert 5 < sum(text == pair[0] for text, pair in zip(drawn, statics, strict=True)) < 34  # both are drawn
+    again = load_captions(files, seed=3)
+    assert again.captions == caption_set.captions  # seeded
+    other = load_captions(files, dirty_rule="same_captioner")
+    assert other.counts_per_source(other.dirty_replaced) == {
+        "Ts-qwen": 0,
+        "Ts-shikra": 0,
+        "Td-qwen": 2,  # the [person/woman/man] slot counts here
+        "Td-shikra": 40,
+    }
+
+
+def test_images_are_packed_in_a_seeded_random_order_recorded_in_the_manifest(caption_set_dir: Path, tmp_path: Path):
+    orders = {}
+    for seed in (0, 0, 1):
+        out = tmp_path / f"seed{seed}_{len(orders)}"
+        manifest = pack(
+            caption_set_dir / "imgs", caption_files(caption_set_dir), out, images_per_shard=12, order_seed=seed
+        )
+        assert (
+            manifest["image_order"]["kind"] == "seeded_random_permutation" and manifest["image_order"]["seed"] == seed
+        )
+        names = []
+        for shard in manifest["shards"]:
+            with tarfile.open(out / shard["name"]) as tar:
+                metas = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.endswith(".json")]
+            assert [m["image_index"] for m in metas] == sorted(m["image_index"] for m in metas)  # indices in order
+            names += [m["image"] for m in sorted(metas, key=lambda m: m["image_index"])]
+        assert sorted(names) == [f"{i:05d}.jpg" for i in range(48)] and names != sorted(names)
+        orders.setdefault(seed, []).append(names)
+    assert orders[0][0] == orders[0][1] and orders[0][0] != orders[1][0]

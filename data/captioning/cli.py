@@ -1,4 +1,4 @@
-"""Caption images with a local multimodal LLM, static or template-based dynamic instruction (TDE, METHOD.md §2).
+"""Caption images with a local multimodal LLM, static or template-based dynamic instruction (TDE, docs/method.md).
 
     python -m data.captioning --images DIR | --shards DIR --model PATH --mode static|dynamic --out Td-MODEL.json
 

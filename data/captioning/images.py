@@ -1,5 +1,5 @@
 """The images to caption: the files of a folder, or the records of a packed shard folder, named by file name
-(the key of the caption JSON, METHOD.md §1), and their split over data-parallel ranks.
+(the key of the caption JSON, docs/method.md), and their split over data-parallel ranks.
 
 From shards only three things are read, so that the record layout may change around them: manifest.json's
 list of shards, the record's image bytes under "jpg" or "png", and the original file name under "image" in

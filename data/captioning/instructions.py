@@ -1,4 +1,4 @@
-"""The TDE instructions (METHOD.md §2): a static instruction, a dynamic one that carries a sentence template, and
+"""The TDE instructions (docs/method.md): a static instruction, a dynamic one that carries a sentence template, and
 the template bank, read from a YAML file the user can replace (configs/captioning/tde_instructions.yaml).
 
 Each image's template is a function of (seed, image file name) alone, so a rerun, a resumed run and any split

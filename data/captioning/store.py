@@ -4,7 +4,7 @@
     Td-qwen2vl.parts/rank00000.jsonl          captions as they finish: {image, caption, template, dirty}
     Td-qwen2vl.parts/rank00000.failures.jsonl failed images: {image, template, stage, reason}
     Td-qwen2vl.parts/rank00000-of-00002.done  written when the rank has gone through all its images
-    Td-qwen2vl.json                           the merge: image file name -> caption (METHOD.md §1)
+    Td-qwen2vl.json                           the merge: image file name -> caption (docs/method.md)
     Td-qwen2vl.log.jsonl                      the merge: {image, template, dirty} per captioned image
     Td-qwen2vl.failures.jsonl                 the merge: images still failing, with the last reason
 

@@ -1,5 +1,5 @@
 """Procedurally drawn pedestrians with MLLM-style captions, as a deterministic stand-in for LUPerson-MLLM and
-CUHK-PEDES (METHOD.md §1, §2, §7). `python -m data.synthetic --out DIR` runs it (flags in cli.py).
+CUHK-PEDES (docs/method.md). `python -m data.synthetic --out DIR` runs it (flags in cli.py).
 
 Modules, in the order the data flows:
 

@@ -1,6 +1,6 @@
 """Procedurally drawn pedestrians with MLLM-style captions: a small, deterministic stand-in for LUPerson-MLLM
 (pretraining) and CUHK-PEDES (held-out test), so the system can be trained and evaluated end to end without the
-real data (METHOD.md §1, §2, §7).
+real data (docs/method.md).
 
     python -m data.synthetic --out demo_data [--seed 0] [--train-images 2000] [--test-identities 100]
         [--images-per-test-identity 3] [--noise-fraction 0.15] [--dirty-fraction 0.03] [--size 128x64]

@@ -67,5 +67,6 @@ def word_index(text: str, char_start: int) -> int:
 
 
 def is_dirty(caption: str) -> bool:
-    """True for a caption holding a template slot or <...> markup (what the loader replaces, METHOD.md §1)."""
+    """True for a caption holding a template slot or <...> markup (what data.pack's same_captioner rule replaces;
+    the reference rule replaces only those with `description]` or `<`, docs/method.md)."""
     return DIRTY_PATTERN.search(caption) is not None

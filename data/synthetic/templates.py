@@ -1,4 +1,4 @@
-"""Caption wording for the synthetic LUPerson-MLLM stand-in (METHOD.md §2), kept as plain data.
+"""Caption wording for the synthetic LUPerson-MLLM stand-in (docs/method.md), kept as plain data.
 
 The dynamic instruction asks a captioner to follow one sentence pattern drawn at random per image. The
 patterns below play the role of the paper's 46 LLM-written templates: each has slots in square brackets
@@ -56,7 +56,7 @@ DYNAMIC_TEMPLATES: tuple[str, ...] = (
 )
 
 # Markup that real MLLM output sometimes leaks (Shikra's grounding tags); {person} is the person noun and
-# {box} a bounding box. A dynamic caption holding any <...> is dirty (METHOD.md §1).
+# {box} a bounding box. A dynamic caption holding any <...> is dirty (docs/method.md).
 MARKUP_PATTERNS: tuple[str, ...] = (
     "<ref>{person}</ref>",
     "{person}<box>{box}</box>",

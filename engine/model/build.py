@@ -12,5 +12,5 @@ def build_model(cfg: ModelConfig, tap_layer: int) -> CLIPDualEncoder:
     """Random CLIP-style init, then the local checkpoint at `cfg.pretrained` if one is named."""
     model = CLIPDualEncoder(cfg, tap_layer=tap_layer)
     if cfg.pretrained:
-        load_pretrained(model, cfg.pretrained)
+        load_pretrained(model, cfg.pretrained, position_interpolation=cfg.position_interpolation)
     return model

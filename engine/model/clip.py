@@ -1,4 +1,4 @@
-"""CLIP ViT-B/16 dual encoder with a layer-l tap for noise-aware masking (METHOD.md §3-§4).
+"""CLIP ViT-B/16 dual encoder with a layer-l tap for noise-aware masking (docs/method.md).
 
 The towers are transformers' CLIP modules, so parameter names equal `CLIPModel`'s and HF state dicts load as
 they are. Two things differ from `CLIPModel`:
@@ -93,7 +93,7 @@ def _causal_mask(length: int, *, dtype: torch.dtype, device: torch.device) -> to
 class CLIPDualEncoder(nn.Module):
     """Image and text towers projecting to a shared space, with tokens read after block `tap_layer`.
 
-    Global features (METHOD.md §3): `v_cls` = last-layer CLS -> post_layernorm -> visual_projection and
+    Global features (docs/method.md): `v_cls` = last-layer CLS -> post_layernorm -> visual_projection and
     `t_eos` = last-layer token at argmax(ids) -> final_layer_norm -> text_projection. Tap tokens pass through the
     same norm and projection so image patches and text tokens share the joint space for NAM's scoring; they are
     detached because the scorer only reads them.

@@ -1,4 +1,4 @@
-"""IRRA's training-only heads for fine-tuning (METHOD.md §6): identity classification and cross-modal MLM.
+"""IRRA's training-only heads for fine-tuning (docs/method.md): identity classification and cross-modal MLM.
 
 As in IRRA (anosorae/IRRA, model/build.py):
 - `IdentityClassifier` is one Linear(embed_dim, identities) applied to both v_cls and t_eos.

@@ -6,8 +6,8 @@ Two layouts are understood:
 - OpenAI's `ViT-B-16.pt` (a TorchScript archive) or a plain state dict with OpenAI/open_clip key names, which are
   renamed to transformers' names (in_proj split into q/k/v, projections transposed).
 
-Either way the vision position table is resampled bicubically from the checkpoint's square grid (14x14 for
-224/16) to the model's grid (24x8 for 384x128), keeping the CLS row, and a longer text position table is cut to
+Either way the vision position table is resampled (bilinearly as the reference does, or bicubically) from the
+checkpoint's square grid (14x14 for 224/16) to the model's grid (24x8 for 384x128), keeping the CLS row, and a longer text position table is cut to
 the context length. Every failure is one `WeightsError` line naming the path.
 """
 
@@ -37,8 +37,9 @@ class WeightsError(ConfigError):
     """A checkpoint that cannot be loaded: the one-line message names the path and what was found."""
 
 
-def load_pretrained(model: CLIPDualEncoder, path: str) -> None:
-    """Load the CLIP checkpoint at `path` into `model` in place (all parameters, strict)."""
+def load_pretrained(model: CLIPDualEncoder, path: str, *, position_interpolation: str = "bilinear") -> None:
+    """Load the CLIP checkpoint at `path` into `model` in place (all parameters, strict); a square position table
+    is resampled to the model's grid with `position_interpolation` (bilinear | bicubic)."""
     source = Path(path)
     if not source.exists():
         raise WeightsError(f"pretrained weights not found: {path}")
@@ -53,7 +54,7 @@ def load_pretrained(model: CLIPDualEncoder, path: str) -> None:
         keys = ", ".join(sorted(state)[:3]) or "no tensors"
         raise WeightsError(f"{path} is not a CLIP checkpoint (found keys: {keys})")
     state.setdefault("logit_scale", model.logit_scale)  # unused by SDM's fixed temperature; may be stripped
-    _fit_position_tables(state, model, path)
+    _fit_position_tables(state, model, path, position_interpolation)
     _check_keys_and_shapes(state, model.state_dict(), path)
     model.load_state_dict(state, strict=True)
 
@@ -161,7 +162,7 @@ def _openai_to_hf(state: dict[str, torch.Tensor], path: str) -> dict[str, torch.
     return out
 
 
-def _fit_position_tables(state: dict[str, torch.Tensor], model: CLIPDualEncoder, path: str) -> None:
+def _fit_position_tables(state: dict[str, torch.Tensor], model: CLIPDualEncoder, path: str, mode: str) -> None:
     """Resample the vision table to the model's patch grid and cut the text table to its context length."""
     grid_h, grid_w = model.vision_model.embeddings.grid
     vision = state.get(VISION_POSITIONS)
@@ -172,7 +173,7 @@ def _fit_position_tables(state: dict[str, torch.Tensor], model: CLIPDualEncoder,
                 f"{path}: {VISION_POSITIONS} has {vision.shape[0] - 1} patch rows, neither a square grid nor the "
                 f"model's {grid_h}x{grid_w}"
             )
-        state[VISION_POSITIONS] = resample_position_table(vision, (side, side), (grid_h, grid_w))
+        state[VISION_POSITIONS] = resample_position_table(vision, (side, side), (grid_h, grid_w), mode=mode)
     context_length = model.text_model.embeddings.position_embedding.num_embeddings
     text = state.get(TEXT_POSITIONS)
     if text is not None and text.ndim == 2 and text.shape[0] > context_length:
@@ -180,13 +181,14 @@ def _fit_position_tables(state: dict[str, torch.Tensor], model: CLIPDualEncoder,
 
 
 def resample_position_table(
-    table: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int]
+    table: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int], *, mode: str = "bilinear"
 ) -> torch.Tensor:
-    """(1 + h*w, D) -> (1 + H*W, D) float32: bicubic over the patch grid; the CLS row is kept as is. The result
-    stays float32 (OpenAI's archive is fp16) and is cast by load_state_dict into the model's dtype."""
+    """(1 + h*w, D) -> (1 + H*W, D) float32: `mode` (bilinear, the reference's choice, or bicubic) over the patch
+    grid, align_corners=False; the CLS row is kept as is. The result stays float32 (OpenAI's archive is fp16) and is
+    cast by load_state_dict into the model's dtype."""
     cls, patches = table[:1], table[1:]  # (1, D), (h*w, D)
     grid = patches.float().reshape(1, *source_grid, -1).permute(0, 3, 1, 2)  # (1, D, h, w)
-    grid = F.interpolate(grid, size=target_grid, mode="bicubic", align_corners=False)  # (1, D, H, W)
+    grid = F.interpolate(grid, size=target_grid, mode=mode, align_corners=False)  # (1, D, H, W)
     patches = grid.permute(0, 2, 3, 1).reshape(target_grid[0] * target_grid[1], -1)  # (H*W, D), row-major
     return torch.cat([cls.float(), patches], dim=0)
 
