@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.config import AugmentConfig
 from data.manifest import Manifest, ShardError
-from data.order import caption_passes, interleave
+from data.order import caption_passes, derived_seed, interleave
 from data.position import DONE, WorkerStart
 from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
 from data.tokenizer import CLIPTokenizer
@@ -68,10 +68,6 @@ class Problem:
     key: str
 
 
-def _seed(*parts: int) -> int:
-    return hash(parts) & 0x7FFF_FFFF
-
-
 def expand(
     record: RawRecord, *, sampling: str, seed: int, epoch: int, passes: int = 1, pass_index: int = 0
 ) -> Iterator[CaptionSample | Problem]:
@@ -92,7 +88,7 @@ def expand(
         return
     image_index = int(meta.get("image_index", pid))
     if passes > 1:
-        slots = caption_passes(len(entries), passes, random.Random(_seed(seed, epoch, image_index, -2)))
+        slots = caption_passes(len(entries), passes, random.Random(derived_seed(seed, epoch, image_index, -2)))
         mine = [slot == pass_index for slot in slots]
         entries = [e for e, m in zip(entries, mine, strict=True) if m]
         texts = [t for t, m in zip(texts, mine, strict=True) if m]
@@ -108,7 +104,7 @@ def expand(
             continue
         good.append(CaptionSample(record.key, record.image, text, pid, int(entry["caption_id"])))
     if sampling == "one_caption_per_image" and good:
-        good = [random.Random(_seed(seed, epoch, image_index)).choice(good)]
+        good = [random.Random(derived_seed(seed, epoch, image_index)).choice(good)]
     yield from good
 
 
@@ -180,7 +176,7 @@ class CaptionSampleStream(IterableDataset):
     def shard_indices(self, epoch: int, rank: int) -> list[int]:
         """Indices into manifest.shards that `rank` reads in `epoch`."""
         order = list(range(len(self.manifest.shards)))
-        random.Random(_seed(self.seed, epoch, -1)).shuffle(order)
+        random.Random(derived_seed(self.seed, epoch, -1)).shuffle(order)
         return order[rank :: self.world_size]
 
     def batches_per_epoch(self, epoch: int) -> int:
@@ -214,9 +210,9 @@ class CaptionSampleStream(IterableDataset):
         """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker).
         Per pass: its shards in a fresh random order, `interleave_shards` of them read at once."""
         shards = self.shard_indices(self.epoch, self.rank)[worker :: self.splits]
-        order = random.Random(_seed(self.seed, self.epoch, self.rank, worker))
+        order = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker))
         order.shuffle(shards)
-        mixing = random.Random(_seed(self.seed, self.epoch, self.rank, worker, -3))
+        mixing = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, -3))
         mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
 
         def one_pass(pass_index: int) -> Iterator[CaptionSample | Problem]:
@@ -275,7 +271,7 @@ class CaptionSampleStream(IterableDataset):
                 continue
             # Augmentation replays on resume. Only the CPU generator: torch.manual_seed would also queue a
             # lazy CUDA seeding with a captured stack trace, costing milliseconds per sample.
-            torch.random.default_generator.manual_seed(_seed(self.seed, self.epoch, item.caption_id))
+            torch.random.default_generator.manual_seed(derived_seed(self.seed, self.epoch, item.caption_id))
             batch.append(
                 {
                     "image": self.transform(image),

@@ -17,6 +17,12 @@ T = TypeVar("T")
 ORDER_KIND = "seeded_random_permutation"
 
 
+def derived_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (run seed, epoch, step, rank, ...): the same parts give the same seed in every
+    process, since Python salts the hashes of strings but not of integers and tuples of them."""
+    return hash(parts) & 0x7FFF_FFFF
+
+
 def image_permutation(count: int, seed: int) -> list[int]:
     """Positions of the sorted inputs in packing order: packed[k] = sorted_inputs[permutation[k]]."""
     permutation = list(range(count))

@@ -9,6 +9,7 @@ was, and a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import time
@@ -119,3 +120,15 @@ def move_aside(path: Path) -> Path:
         target = path.with_name(f"{path.name}.old-{stamp}-{count}")
     os.replace(path, target)
     return target
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, or of a folder's files in sorted order (a shard that is a folder, in MDS)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()

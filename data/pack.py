@@ -30,7 +30,7 @@ from data.caption_files import DIRTY_RULES, CaptionError, load_captions
 from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
 from data.order import image_permutation, order_record
-from data.outputs import check_output_folder
+from data.outputs import check_output_folder, sha256_of
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
@@ -62,16 +62,6 @@ def parse_size(text: str) -> int:
     raise ValueError(f"--shard-size must look like 256MB or 1GB (got {text!r})")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        with file.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def _record(image_index: int, item: ImageItem, num_sources: int) -> PackedRecord:
     """Caption ids are image_index * num_sources + source index: stable, dense and known from the manifest."""
     captions = [
@@ -91,7 +81,7 @@ def _pack_one_shard(out_dir: Path, index: int, items: list[ImageItem], first: in
         "name": name,
         "images": len(items),
         "captions": sum(len(item.captions) for item in items),
-        "sha256": _sha256(out_dir / name),
+        "sha256": sha256_of(out_dir / name),
     }
     done = out_dir / f".{name}.done"
     Path(f"{done}.tmp").write_text(json.dumps(info))

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
+from data.order import derived_seed
 from data.outputs import write_text_atomically
 from data.position import DataPosition
 from engine import collectives, preemption
@@ -392,7 +393,7 @@ def run_epoch(
         batch = held.next_batch()
         left -= 1
         index = state.batches_done
-        generator = torch.Generator().manual_seed(hash((config.train.seed, epoch, index, rank)) & 0x7FFF_FFFF)
+        generator = torch.Generator().manual_seed(derived_seed(config.train.seed, epoch, index, rank))
         result = train_step(engine, batch, config, masker, epoch=epoch, generator=generator)
         state.batches_done = index + 1
         held.refill()

@@ -39,11 +39,11 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from data.outputs import sha256_of
 from data.transforms import eval_transform
 from engine import collectives
 from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, CheckpointError, load_exported_model, resolve_tag_dir
 from engine.model import CLIPDualEncoder
-from eval.report import sha256_of
 
 FORMAT = "person-search-gallery-index/1"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})

@@ -12,18 +12,17 @@ The rankings file (`--save-rankings FILE.json`) is self-describing JSON:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
 from data.datasets import RetrievalSplit, split_stats
+from data.outputs import sha256_of
 from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE
 from engine.config import Config, config_to_dict
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
-HASH_BLOCK_BYTES = 1 << 20
 
 
 def format_table(title: str, metrics: dict) -> str:
@@ -45,14 +44,6 @@ def format_split_stats(splits: list[RetrievalSplit], *, show_missing: bool) -> s
         row = split_stats(split) | {"missing": len(split.missing_images)}
         lines.append(f"{split.split:<8}" + "".join(f"{row[c]:>10}" for c in columns))
     return "\n".join(lines)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(HASH_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_source(tag_dir: Path) -> dict:
