@@ -35,23 +35,10 @@ def check_paths(config: Config) -> None:
 
 def check_data(config: Config, *, world: int) -> None:
     """The manifest reads, and every rank gets at least one batch of every epoch from it."""
-    from data.caption_stream import CaptionSampleStream  # the data pipeline's imports only once the config is good
+    from engine.data_setup import build_caption_stream  # the data pipeline's imports only once the config is good
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
-    stream = CaptionSampleStream(
-        manifest,
-        rank=0,
-        world_size=world,
-        num_workers=config.data.num_workers,
-        batch_size=config.train.batch_size,
-        image_size=config.model.image_size,
-        augment=config.data.augment,
-        context_length=config.model.context_length,
-        seed=config.train.seed,
-        shuffle_buffer=config.data.shuffle_buffer,
-        sampling=config.data.sampling,
-        remote=config.data.remote,
-    )
+    stream = build_caption_stream(config, manifest, rank=0, world_size=world)
     for epoch in range(config.train.epochs):
         if stream.batches_per_epoch(epoch) == 0:
             unit = "images" if config.data.sampling == "one_caption_per_image" else "captions"

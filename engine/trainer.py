@@ -32,6 +32,7 @@ from engine.checkpoint import (
 from engine.collectives import device
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.data_health import check_epoch_data
+from engine.data_setup import build_caption_stream
 from engine.deepspeed_setup import deepspeed_config, init_distributed
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
@@ -157,22 +158,7 @@ def train(
         torch.set_num_threads(config.train.cpu_threads)
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
-    stream = CaptionSampleStream(
-        manifest,
-        rank=rank,
-        world_size=world,
-        num_workers=config.data.num_workers,
-        batch_size=config.train.batch_size,
-        image_size=config.model.image_size,
-        augment=config.data.augment,
-        context_length=config.model.context_length,
-        seed=config.train.seed,
-        shuffle_buffer=config.data.shuffle_buffer,
-        sampling=config.data.sampling,
-        remote=config.data.remote,
-        interleave_shards=config.data.interleave_shards,
-        spread_captions=config.data.spread_captions,
-    )
+    stream = build_caption_stream(config, manifest, rank=rank, world_size=world)
     position = DataPosition(stream.splits, manifest.caption_id_space, len(PROBLEMS))
     # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
     epoch_batches = [stream.batches_per_epoch(e) for e in range(config.train.epochs)]

@@ -200,11 +200,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("query", help="the description, e.g. 'a woman in a red coat with a black backpack'")
     parser.add_argument("--top", type=int, default=10, help="results to print")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_search_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a search that `search` and `serve` share."""
     parser.add_argument("--checkpoint", help="the index's model, when it has moved since indexing")
     parser.add_argument("--approximate", action="store_true", help="search the FAISS index (index --approximate)")
     parser.add_argument("--probes", type=int, help="lists scanned by --approximate (default: a quarter of them)")
     parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_BUDGET_MB, help="exact search's chunk memory")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

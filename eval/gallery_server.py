@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from engine.checkpoint import CheckpointError
 from eval.gallery_index import GalleryIndexError
-from eval.gallery_search import DEFAULT_BUDGET_MB, GallerySearcher
+from eval.gallery_search import GallerySearcher, add_search_arguments
 
 PAGE = Path(__file__).with_name("static") / "gallery_search.html"
 MAX_TOP = 100
@@ -104,10 +104,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--index", required=True, help="an index written by python -m eval index")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; the page has no authentication")
-    parser.add_argument("--checkpoint", help="the index's model, when it has moved since indexing")
-    parser.add_argument("--approximate", action="store_true", help="search the FAISS index (index --approximate)")
-    parser.add_argument("--probes", type=int, help="lists scanned by --approximate (default: a quarter of them)")
-    parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_BUDGET_MB, help="exact search's chunk memory")
+    add_search_arguments(parser)
     return parser.parse_args(argv)
 
 
