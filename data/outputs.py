@@ -24,7 +24,7 @@ class OutputError(ValueError):
     """An output path that cannot or must not be written; the message names it and the flag."""
 
 
-def check_output_file(path: Path, *, flag: str, overwrite: bool = True) -> Path:
+def check_output_file(path: Path, *, flag: str, overwrite: bool = False) -> Path:
     """A file path whose folder exists and which is not a folder (nor, without `overwrite`, an existing file)."""
     path = Path(path)
     if path.is_dir():
@@ -32,7 +32,7 @@ def check_output_file(path: Path, *, flag: str, overwrite: bool = True) -> Path:
     if not path.parent.is_dir():
         raise OutputError(f"{flag} {path}: its folder {path.parent} does not exist")
     if path.exists() and not overwrite:
-        raise OutputError(f"{flag} {path} already exists; choose another name or remove it first")
+        raise OutputError(f"{flag} {path} already exists; choose another name, or pass --overwrite to replace it")
     return path
 
 

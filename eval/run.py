@@ -51,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
     parser.add_argument("--html", type=Path, help="write DIR/index.html: sampled queries and their top 10 images")
     parser.add_argument("--html-queries", type=int, default=20, help="queries shown in --html")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing --out, --save-rankings and --html outputs"
+    )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="config overrides with --config, e.g. model.pretrained=PATH")
     return parser.parse_args(argv)
@@ -83,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 def check_outputs(args: argparse.Namespace) -> None:
     for flag in ("out", "save_rankings"):
         if getattr(args, flag):
-            check_output_file(getattr(args, flag), flag=f"--{flag.replace('_', '-')}")
+            check_output_file(getattr(args, flag), flag=f"--{flag.replace('_', '-')}", overwrite=args.overwrite)
     if args.html:
-        check_output_folder(args.html, flag="--html", overwrite=True)
+        check_output_folder(args.html, flag="--html", overwrite=args.overwrite)
 
 
 def evaluate(args: argparse.Namespace) -> int:

@@ -407,6 +407,17 @@ def test_eval_out_is_a_folder(eval_args, tmp_path):
     assert_refused(run(eval_main, [*eval_args, "--out", tmp_path / "dir"]), "--out", "is a folder")
 
 
+@pytest.mark.parametrize("flag", ["--out", "--save-rankings"])
+def test_eval_existing_output_file_is_kept_unless_overwrite(eval_args, tmp_path, flag):
+    (tmp_path / "r.json").write_text("earlier results")
+    before = digest(tmp_path / "r.json")
+    assert_refused(run(eval_main, [*eval_args, flag, tmp_path / "r.json"]), flag, "already exists", "--overwrite")
+    assert digest(tmp_path / "r.json") == before
+    code, output = run(eval_main, [*eval_args, flag, tmp_path / "r.json", "--overwrite"])
+    assert code == 0, output
+    assert digest(tmp_path / "r.json") != before
+
+
 def test_eval_html_is_a_file(eval_args, tmp_path):
     (tmp_path / "page").write_text("mine")
     before = digest(tmp_path / "page")
