@@ -1,4 +1,4 @@
-"""Fused Triton kernel for the token-patch cosine max of NAM (METHOD.md §4); the reference is `_ref.py`.
+"""Fused Triton kernel for the token-patch cosine max of NAM (docs/method.md); the reference is `token_patch_max_cosine_ref.py`.
 
 The reference normalises both sides, materialises the (B, N, M) similarity tensor and reduces it. This kernel
 keeps one (BLOCK_N, BLOCK_M) tile of dot products in registers, folds it into a running max and never writes
