@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from data.outputs import atomic_file
 
 MANIFEST = "manifest.json"
 MDS_INDEX = "index.json"
@@ -86,9 +87,8 @@ def fetch(remote: str, local: Path, name: str) -> None:
         return
     from streaming.base.storage.download import CloudDownloader
 
-    partial = local / f".{name}.{os.getpid()}.partial"  # ranks sharing a cache each write their own
     try:
-        CloudDownloader.direct_download(f"{remote.rstrip('/')}/{name}", str(partial), timeout=120)
+        with atomic_file(target) as partial:  # a per-process partial name: ranks sharing a cache each write their own
+            CloudDownloader.direct_download(f"{remote.rstrip('/')}/{name}", str(partial), timeout=120)
     except Exception as error:
         raise ShardError(f"cannot fetch {name} from {remote}: {error}") from None
-    os.replace(partial, target)

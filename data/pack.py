@@ -30,7 +30,7 @@ from data.caption_files import DIRTY_RULES, CaptionError, load_captions
 from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
 from data.order import image_permutation, order_record
-from data.outputs import check_output_folder, sha256_of
+from data.outputs import check_output_folder, sha256_of, write_text_atomically
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
@@ -83,9 +83,7 @@ def _pack_one_shard(out_dir: Path, index: int, items: list[ImageItem], first: in
         "captions": sum(len(item.captions) for item in items),
         "sha256": sha256_of(out_dir / name),
     }
-    done = out_dir / f".{name}.done"
-    Path(f"{done}.tmp").write_text(json.dumps(info))
-    os.replace(f"{done}.tmp", done)
+    write_text_atomically(out_dir / f".{name}.done", json.dumps(info))
     return info
 
 
@@ -169,9 +167,7 @@ def write_shards(
         "shards": shards,
         **extra,
     }
-    partial = out_dir / f".{MANIFEST}.partial"
-    partial.write_text(json.dumps(manifest, indent=1))
-    os.replace(partial, out_dir / MANIFEST)
+    write_text_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 

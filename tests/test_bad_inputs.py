@@ -28,25 +28,13 @@ from data.pack import main as pack_main
 from data.pack_dataset import main as pack_dataset_main
 from data.synthetic.cli import main as synthetic_main
 from engine.checkpoint import export_model
+from engine.config import config_to_dict
 from engine.model import build_model
 from eval.__main__ import main as eval_main
 from eval.noise_auroc import main as noise_auroc_main
 from eval.plot import main as plot_main
 from launcher.train import main as train_main
 from tests.helpers import REPO, caption_files, tiny_model_config, write_caption_set
-
-TINY_MODEL = dict(
-    image_size=[32, 32],
-    vision_width=64,
-    vision_layers=2,
-    vision_heads=2,
-    text_width=64,
-    text_layers=2,
-    text_heads=2,
-    embed_dim=32,
-    context_length=16,
-)
-
 
 # ---------------------------------------------------------------- running a tool in this process
 
@@ -98,7 +86,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
     pack(raw / "imgs", caption_files(raw), root / "shards", images_per_shard=4)
     config = {
-        "model": TINY_MODEL,
+        "model": config_to_dict(tiny_model_config()),
         "nam": {"tap_layer": 1},
         "data": {"shards": str(root / "shards"), "num_workers": 0, "shuffle_buffer": 8},
         "train": {"epochs": 1, "batch_size": 8, "run_dir": str(root / "run"), "log_every_steps": 4},
