@@ -208,9 +208,11 @@ def build_engine(config: Config, *, total_steps: int, world: int):
 
     torch.manual_seed(config.train.seed)
     model = build_training_model(config, SimpleNamespace(num_identities=None, root=Path("synthetic")))
-    ds_config = deepspeed_config(config, total_steps=total_steps, world_size=world)
+    from engine.schedule import build_optimizer
+
+    ds_config = deepspeed_config(config, world_size=world)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=parameter_groups(model, config.optim), config=ds_config
+        model=model, optimizer=build_optimizer(parameter_groups(model, config.optim), config.optim), config=ds_config
     )
     precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
     return engine, precision

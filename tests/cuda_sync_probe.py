@@ -18,6 +18,7 @@ from engine.config import Config, NamConfig, TrainConfig
 from engine.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
 from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
+from engine.schedule import build_optimizer
 from engine.trainer import LossWindow, train_step
 from engine.training_model import build_training_model, parameter_groups
 
@@ -39,8 +40,8 @@ def main() -> int:
     model = build_training_model(config, SimpleNamespace(num_identities=None))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=parameter_groups(model, config.optim),
-        config=deepspeed_config(config, total_steps=100, world_size=1),
+        optimizer=build_optimizer(parameter_groups(model, config.optim), config.optim),
+        config=deepspeed_config(config, world_size=1),
     )
     generator = torch.Generator().manual_seed(0)
     batch = synthetic_batch(config, BATCH, rank=0, generator=generator)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from engine.config import AugmentConfig, ModelConfig
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
 REPO = Path(__file__).resolve().parents[1]
+DEEPSPEED = Path(sys.executable).with_name("deepspeed")  # the launcher of this venv
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 230, 30)}
 

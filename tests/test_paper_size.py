@@ -11,7 +11,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,10 +20,9 @@ from safetensors.torch import load_file
 from data.pack import pack
 from data.synthetic import generate
 from engine.noise_table import UNSCORED
-from tests.helpers import REPO, SOURCES
+from tests.helpers import DEEPSPEED, REPO, SOURCES
 
 pytestmark = [pytest.mark.slow, pytest.mark.multirank]
-DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 PAPER_CONFIG = REPO / "configs" / "pretrain_luperson_mllm.yaml"
 IMAGES = 32  # 16 shards of 2 images: one shard per data worker (the config's 8 per rank, 2 ranks)
 PEDESTRIAN_SIZE = (256, 96)  # (H, W): a typical LUPerson crop, resized to 384x128 by the transform

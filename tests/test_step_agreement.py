@@ -114,7 +114,10 @@ def _rank(rank: int, world: int, port: int, out: str, lengths: list[int], agree_
     from engine.config import Config, NamConfig, TrainConfig
     from engine.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
     from engine.model import build_model
+    from engine.nam import NoiseAwareMasker
     from engine.noise_table import ShardedNoiseTable
+    from engine.schedule import build_optimizer, build_scheduler
+    from engine.training_model import parameter_groups
     from tests.helpers import tiny_model_config
 
     init_distributed()
@@ -125,10 +128,10 @@ def _rank(rank: int, world: int, port: int, out: str, lengths: list[int], agree_
     )
     torch.manual_seed(0)
     model = build_model(config.model, tap_layer=1)
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=model,
-        model_parameters=model.parameters(),
-        config=deepspeed_config(config, total_steps=epoch_batches, world_size=world),
+    optimizer = build_optimizer(parameter_groups(model, config.optim), config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, epochs=1, total_steps=epoch_batches)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(config, world_size=world)
     )
     calls: list[str] = []
     for name in SEAM:
@@ -154,7 +157,7 @@ def _rank(rank: int, world: int, port: int, out: str, lengths: list[int], agree_
         engine,
         None,
         config,
-        ShardedNoiseTable(1024, config.model.context_length),
+        NoiseAwareMasker(config.nam, ShardedNoiseTable(1024, config.model.context_length)),
         state,
         position,
         scheduler=scheduler,

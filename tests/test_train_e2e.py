@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 
 from data.pack import pack
 from data.synthetic import generate
-from tests.helpers import BATCHES_PER_EPOCH, REPO, SOURCES, TINY, free_port
+from tests.helpers import BATCHES_PER_EPOCH, DEEPSPEED, REPO, SOURCES, TINY, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.multirank]
-DEEPSPEED = Path(sys.executable).with_name("deepspeed")
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
