@@ -146,7 +146,7 @@ def test_two_ranks_over_damaged_shards_end_the_epoch_together_without_losing_a_b
         have.append(sum(1 for item in items if not item.get("tail")))
     assert have[0] != have[1] and min(have) % agree_every  # runs out mid-block
     config = yaml.safe_load(TINY)
-    config["data"] |= {"shards": str(out), "num_workers": workers}
+    config["data"] |= {"shards": str(out), "num_workers": workers, "max_damaged_share": 0.5}  # about 30% is damaged
     config["train"] |= {"run_dir": str(tmp_path / "run"), "epochs": 1, "batch_size": batch}
     config["train"] |= {"agree_every_steps": agree_every, "log_every_steps": 1}
     config["eval"] = {"every_epochs": 0}
