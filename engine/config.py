@@ -6,6 +6,7 @@ keeps a default of its own (the optimizer and schedule), docs/method.md names th
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -302,6 +303,9 @@ class Config:
             )
 
 
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: object, hint: object, where: str) -> object:
     """Check `value` against a type hint, converting YAML's lists to tuples and ints to floats."""
     origin = typing.get_origin(hint)
@@ -328,6 +332,8 @@ def _coerce(value: object, hint: object, where: str) -> object:
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and FLOAT_LITERAL.fullmatch(value.strip()):
+        return float(value)  # "1e-3": YAML 1.1, which PyYAML reads, makes a string of an exponent without a dot
     if hint in (int, float, str, bool):
         if isinstance(value, bool) != (hint is bool) or not isinstance(value, hint):
             raise ConfigError(f"{where} must be {hint.__name__} (got {value!r})")

@@ -39,6 +39,7 @@ from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.nam import valid_token_mask
+from eval.report import describe_config_model
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 NOISE_FILE = "noise_words.jsonl"
@@ -319,7 +320,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tap-layer", type=int, help="score at this layer instead of the model's tap layer (a layer sweep)"
     )
+    parser.add_argument("overrides", nargs="*", help="config overrides with --config, e.g. model.pretrained=PATH")
     args = parser.parse_args(argv)
+    if args.overrides and not args.config:
+        parser.error("config overrides need --config")
     if args.max_captions < 1 or args.batch_size < 1:
         parser.error("--max-captions and --batch-size must be >= 1")
     return args
@@ -329,9 +333,9 @@ def build(args: argparse.Namespace) -> tuple[CLIPDualEncoder, str]:
     if args.checkpoint:
         model, tag_dir = load_exported_model(args.checkpoint)
         return model, str(tag_dir)
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     torch.manual_seed(config.train.seed)
-    return build_model(config.model, tap_layer=config.nam.tap_layer), f"untrained model of {args.config}"
+    return build_model(config.model, tap_layer=config.nam.tap_layer), describe_config_model(args.config, config)
 
 
 @error_boundary

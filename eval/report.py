@@ -56,10 +56,18 @@ def checkpoint_source(tag_dir: Path) -> dict:
     }
 
 
+def describe_config_model(config_path: str, config: Config) -> str:
+    """ "untrained model of C", or "model of C from its pretrained weights P" when model.pretrained is set."""
+    if config.model.pretrained:
+        return f"model of {config_path} from {config.model.pretrained}"
+    return f"untrained model of {config_path}"
+
+
 def config_source(config_path: str, config: Config) -> dict:
-    """The same for an untrained model built from a config, its model section in model_config.json's shape."""
+    """The same for a model built from a config (untrained, or from its pretrained weights), its model section in
+    model_config.json's shape."""
     return {
-        "described": f"untrained model of {config_path}",
+        "described": describe_config_model(config_path, config),
         "checkpoint": None,
         "sha256": None,
         "model_config": {"model": config_to_dict(config.model), "tap_layer": config.nam.tap_layer},

@@ -1,6 +1,6 @@
 """The paper's Table 1 and Table 2 in miniature, from a synthetic stand-in for web-pretrained CLIP, as one command.
 
-    python -m launcher.ablation --out ablation_runs [--seeds 3] [--rows ROW,ROW] [--set section.key=value ...]
+    python -m launcher.ablation --out ablation_runs [--jobs 2] [--seeds 3] [--rows ROW,ROW] [--set section.key=value ...]
 
 Stages, each skipped when its output exists (a stopped run continues where it stopped; nothing is overwritten):
 1. world: the LUPerson-MLLM-like set at 0%, 15% and 30% wrong words (one seed: same people, images and
@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -353,6 +354,38 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std
 
 
+# (row, baseline, what the difference measures): differences are taken per seed (same seed, same data order).
+COMPARISONS = (
+    ("tde_em", "static_em", "TDE: static + dynamic captions against static only, EM, 15%"),
+    ("tde_nam", "tde_em", "NAM against EM at 15% wrong words"),
+    ("nam_00", "em_00", "NAM against EM at 0% wrong words"),
+    ("nam_30", "em_30", "NAM against EM at 30% wrong words"),
+    ("oracle_15", "tde_em", "oracle noise against EM at 15% (the ceiling)"),
+    ("oracle_30", "em_30", "oracle noise against EM at 30% (the ceiling)"),
+    ("tde_nam_mlm", "tde_nam", "NAM + MLM loss against NAM, 15%"),
+)
+
+
+def paired_differences(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown lines: R1 differences per seed between matched rows, mean ± std, per target set."""
+    lines = ["", "## Paired differences in R1 (row minus baseline, same seed): mean ± std over seeds", ""]
+    lines += ["| comparison | seeds | " + " | ".join(TARGETS) + " |", "|" + "---|" * (2 + len(TARGETS))]
+    shown = 0
+    for row, baseline, label in COMPARISONS:
+        pairs = {r["seed"]: r for r in results.get(row, [])}
+        matched = [(pairs[b["seed"]], b) for b in results.get(baseline, []) if b["seed"] in pairs]
+        if not matched:
+            continue
+        cells = []
+        for target in TARGETS:
+            deltas = [a["targets"][target]["R1"] - b["targets"][target]["R1"] for a, b in matched]
+            mean, std = _mean_std(deltas)
+            cells.append(f"{mean:+.2f} ± {std:.2f} ({', '.join(f'{d:+.2f}' for d in deltas)})")
+        lines.append(f"| {label} | {len(matched)} | " + " | ".join(cells) + " |")
+        shown += 1
+    return lines if shown else []
+
+
 def write_report(out: Path, rows: list[Row], results: dict[str, list[dict]], sweep: dict, header: dict) -> Path:
     lines = ["# Miniature ablation", ""]
     lines += [f"- {key}: {value}" for key, value in header.items()]
@@ -379,6 +412,7 @@ def write_report(out: Path, rows: list[Row], results: dict[str, list[dict]], swe
                 mean, std = _mean_std([r["targets"][target][metric] for r in done])
                 cells.append(f"{mean:.2f} ± {std:.2f}")
         lines.append(f"| {row.label} | {row.shows} | {len(done)} | " + " | ".join(cells) + " |")
+    lines += paired_differences(results)
     lines += ["", "## Every seed", ""]
     for row in rows:
         for result in results.get(row.name, []):
@@ -426,6 +460,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS_BY_NAME)} (default all)")
     parser.add_argument("--seeds", type=int, help="seeds per row (default 3; 1 with --reduced)")
     parser.add_argument("--clip", type=Path, help="use this OpenAI-format stand-in instead of training one")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="training runs at once, one CPU thread each (2 on a 2-core machine)"
+    )
     parser.add_argument("--reduced", action="store_true", help="tiny world and model, 1 seed, 1 epoch, 2 rows")
     parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 600)")
     parser.add_argument(
@@ -440,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     size = WorldSize(**{**size.__dict__, "extra": [*size.extra, *args.extra]})
     if args.pretrain_images is not None:
         size.pretrain_images = args.pretrain_images
+    if args.jobs < 1:
+        print("error: --jobs must be >= 1", file=sys.stderr)
+        return 2
     if args.seeds is not None:
         if args.seeds < 1:
             print("error: --seeds must be >= 1", file=sys.stderr)
@@ -457,14 +497,23 @@ def main(argv: list[str] | None = None) -> int:
         clip = args.clip or stand_in_clip(args.out, size)
         sweep = layer_sweep(args.out, clip, size)
         tap_layer = sweep["best_layer"]
+        # seed-major: an interrupted run still has every row at its first seeds; the untrained row is evaluated once
+        tasks = [(row, seed) for seed in range(size.seeds) for row in rows if row.trains or seed == 0]
+        for noise, captions in sorted({(row.noise, row.captions) for row, _ in tasks if row.trains}):
+            shards_for(args.out, noise, captions)  # packed once, before parallel runs could race on a folder
+        done: dict[tuple[str, int], dict] = {}
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads wait on them
+            futures = {
+                pool.submit(run_row, args.out, row, seed, clip=clip, tap_layer=tap_layer, size=size): (row, seed)
+                for row, seed in tasks
+            }
+            for future in as_completed(futures):
+                row, seed = futures[future]
+                done[(row.name, seed)] = future.result()
+                print(f"{row.name} seed {seed}: " + json.dumps(done[(row.name, seed)]["targets"]), flush=True)
         results: dict[str, list[dict]] = {}
-        for seed in range(size.seeds):  # seed-major: an interrupted run still has every row at its first seeds
-            for row in rows:
-                if not row.trains and seed > 0:
-                    continue  # deterministic: no training, one evaluation
-                result = run_row(args.out, row, seed, clip=clip, tap_layer=tap_layer, size=size)
-                results.setdefault(row.name, []).append(result)
-                print(f"{row.name} seed {seed}: " + json.dumps(result["targets"]), flush=True)
+        for row, seed in sorted(tasks, key=lambda task: task[1]):
+            results.setdefault(row.name, []).append(done[(row.name, seed)])
     except Exception as error:  # every failure becomes one line naming the stage's log
         print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def ablation(out: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "launcher.ablation", "--out", str(out), "--reduced"]
+    command = [sys.executable, "-m", "launcher.ablation", "--out", str(out), "--reduced", "--jobs", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

@@ -30,6 +30,14 @@ def test_yaml_then_overrides(tmp_path: Path):
     assert config_to_dict(config)["model"]["image_size"] == [64, 32]
 
 
+def test_exponent_without_a_dot_is_a_float():
+    # PyYAML follows YAML 1.1, which reads "1e-3" as a string; a learning rate typed that way must still work.
+    config = load_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-2"])
+    assert config.optim.lr == 1e-3 and config.optim.weight_decay == 0.05
+    with pytest.raises(ConfigError, match="optim.lr must be float"):
+        load_config(None, ["optim.lr=1e-3x"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

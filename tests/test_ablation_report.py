@@ -1,0 +1,21 @@
+"""The ablation report's arithmetic (launcher/ablation.py), without training anything."""
+
+from __future__ import annotations
+
+from launcher.ablation import TARGETS, paired_differences
+
+
+def test_ablation_report_pairs_rows_by_seed() -> None:
+    def result(row: str, seed: int, r1: float) -> dict:
+        return {"row": row, "seed": seed, "targets": {t: {"R1": r1, "mAP": r1} for t in TARGETS}}
+
+    results = {
+        "tde_em": [result("tde_em", 0, 10.0), result("tde_em", 1, 20.0)],
+        "tde_nam": [result("tde_nam", 1, 23.0), result("tde_nam", 0, 11.0)],  # out of order: matched by seed
+        "em_00": [result("em_00", 0, 5.0)],  # no NAM partner: no line
+    }
+    lines = paired_differences(results)
+    nam = [line for line in lines if line.startswith("| NAM against EM at 15%")]
+    assert len(nam) == 1 and "+2.00 ± 1.41 (+1.00, +3.00)" in nam[0]
+    assert not any("0% wrong words" in line for line in lines)
+    assert paired_differences({"tde_nam": results["tde_nam"]}) == []
