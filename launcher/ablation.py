@@ -509,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             for future in as_completed(futures):
                 row, seed = futures[future]
+                if future.exception() is not None:
+                    pool.shutdown(cancel_futures=True)  # runs not started are dropped; running ones finish
+                    raise future.exception()
                 done[(row.name, seed)] = future.result()
                 print(f"{row.name} seed {seed}: " + json.dumps(done[(row.name, seed)]["targets"]), flush=True)
         results: dict[str, list[dict]] = {}

@@ -39,10 +39,9 @@ $PY -m data.pack --images "$DATA/luperson_mllm/imgs" --out "$DATA/shards" --imag
   --workers 2 --captions "$DATA"/luperson_mllm/{Ts-qwen,Ts-shikra,Td-qwen,Td-shikra}.json
 echo "== 3/7 the stand-in for web-pretrained CLIP: 2 ranks through the deepspeed launcher (CPU, gloo)"
 rm -rf "$CLIP_RUN"
-# 2 ranks x 32 = the config's batch of 64; 4 of its 8 epochs (as aligned as 8 in the sweep, docs/ablation.md), to keep
-# the whole demo under 15 minutes on 2 cores.
+# 2 ranks x 32 = the config's global batch of 64, its 8 epochs: the ablation's stand-in recipe (docs/ablation.md).
 "$VENV/bin/deepspeed" --num_gpus 2 --master_port "$PORT" --module launcher.train --config configs/synthetic_clip.yaml \
-  "data.shards=$DATA/web_shards" "train.run_dir=$CLIP_RUN" train.batch_size=32 train.epochs=4 ${DEMO_CLIP_OVERRIDES:-}
+  "data.shards=$DATA/web_shards" "train.run_dir=$CLIP_RUN" train.batch_size=32 ${DEMO_CLIP_OVERRIDES:-}
 echo "== 4/7 save it in OpenAI's layout; its zero-shot transfer and its noise AUROC at NAM's tap layer"
 $PY -m engine.openai_format --model "$CLIP_RUN/final" --out "$CLIP_PT" --overwrite
 eval_targets stand_in --config configs/demo_cpu.yaml "model.pretrained=$CLIP_PT"

@@ -19,3 +19,27 @@ def test_ablation_report_pairs_rows_by_seed() -> None:
     assert len(nam) == 1 and "+2.00 ± 1.41 (+1.00, +3.00)" in nam[0]
     assert not any("0% wrong words" in line for line in lines)
     assert paired_differences({"tde_nam": results["tde_nam"]}) == []
+
+
+def test_a_failed_run_stops_the_ablation_before_the_remaining_runs(monkeypatch, tmp_path, capsys) -> None:
+    import time
+
+    import launcher.ablation as ablation
+
+    started = []
+
+    def run_row(out, row, seed, **_):
+        started.append((row.name, seed))
+        time.sleep(0.05)  # a run takes time: the queue is not drained when the failure is seen
+        if row.name == "static_em":
+            raise ablation.AblationError(f"-m launcher.train failed with status 1 (log {out}/runs/static_em/train.log)")
+        return {"targets": {}}
+
+    monkeypatch.setattr(ablation, "build_world", lambda *a, **k: None)
+    monkeypatch.setattr(ablation, "shards_for", lambda *a, **k: None)
+    monkeypatch.setattr(ablation, "layer_sweep", lambda *a, **k: {"best_layer": 4, "per_layer": {}})
+    monkeypatch.setattr(ablation, "run_row", run_row)
+    code = ablation.main(["--out", str(tmp_path), "--clip", str(tmp_path / "clip.pt"), "--jobs", "1"])
+    assert code == 2
+    assert "static_em/train.log" in capsys.readouterr().err
+    assert len(started) <= 3  # of 31 runs: the failure stops the queue
