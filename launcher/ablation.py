@@ -509,10 +509,11 @@ def main(argv: list[str] | None = None) -> int:
             }
             for future in as_completed(futures):
                 row, seed = futures[future]
-                if future.exception() is not None:
+                try:
+                    done[(row.name, seed)] = future.result()
+                except Exception:
                     pool.shutdown(cancel_futures=True)  # runs not started are dropped; running ones finish
-                    raise future.exception()
-                done[(row.name, seed)] = future.result()
+                    raise
                 print(f"{row.name} seed {seed}: " + json.dumps(done[(row.name, seed)]["targets"]), flush=True)
         results: dict[str, list[dict]] = {}
         for row, seed in sorted(tasks, key=lambda task: task[1]):
