@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -313,7 +314,12 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
     } | {"p": mask_prob}
 
 
-def run_row(out: Path, row: Row, seed: int, *, clip: Path, tap_layer: int, size: WorldSize) -> dict:
+def run_row(
+    out: Path, row: Row, seed: int, *, clip: Path, tap_layer: int, size: WorldSize, keep_checkpoints: bool = False
+) -> dict:
+    """Trains (or, for the untrained row, only evaluates) one row at one seed and writes its result.json. Once the
+    result is written, the run's per-epoch checkpoints (about 130 MB each, optimizer state included) are removed
+    unless keep_checkpoints: the measurements need them only until then, and final/ keeps the trained weights."""
     result_path = out / "runs" / row.name / f"seed{seed}" / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
@@ -345,6 +351,8 @@ def run_row(out: Path, row: Row, seed: int, *, clip: Path, tap_layer: int, size:
     result |= {"row": row.name, "seed": seed, "seconds": round(time.perf_counter() - started, 1)}
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
+    if row.trains and not keep_checkpoints:
+        shutil.rmtree(result_path.parent / "run" / "checkpoints", ignore_errors=True)
     return result
 
 
@@ -463,6 +471,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--jobs", type=int, default=1, help="training runs at once, one CPU thread each (2 on a 2-core machine)"
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every run's per-epoch checkpoints (about 130 MB per epoch each; by default only final/ stays)",
+    )
     parser.add_argument("--reduced", action="store_true", help="tiny world and model, 1 seed, 1 epoch, 2 rows")
     parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 600)")
     parser.add_argument(
@@ -502,11 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         for noise, captions in sorted({(row.noise, row.captions) for row, _ in tasks if row.trains}):
             shards_for(args.out, noise, captions)  # packed once, before parallel runs could race on a folder
         done: dict[tuple[str, int], dict] = {}
+        options = {"clip": clip, "tap_layer": tap_layer, "size": size, "keep_checkpoints": args.keep_checkpoints}
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process; threads wait on them
-            futures = {
-                pool.submit(run_row, args.out, row, seed, clip=clip, tap_layer=tap_layer, size=size): (row, seed)
-                for row, seed in tasks
-            }
+            futures = {pool.submit(run_row, args.out, row, seed, **options): (row, seed) for row, seed in tasks}
             for future in as_completed(futures):
                 row, seed = futures[future]
                 try:

@@ -39,6 +39,8 @@ def test_reduced_ablation(tmp_path: Path) -> None:
     train_log = out / "runs" / "tde_nam" / "seed0" / "train.log"
     config = (out / "runs" / "tde_nam" / "seed0" / "run" / "config.yaml").read_text()
     assert f"pretrained: {out / 'stand_in' / 'clip.pt'}" in config
+    run_dir = out / "runs" / "tde_nam" / "seed0" / "run"
+    assert (run_dir / "final" / "model.safetensors").is_file() and not (run_dir / "checkpoints").exists()
 
     stamp = train_log.stat().st_mtime_ns
     again = ablation(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from launcher.ablation import TARGETS, paired_differences
 
 
@@ -30,7 +32,7 @@ def test_a_failed_run_stops_the_ablation_before_the_remaining_runs(monkeypatch, 
 
     def run_row(out, row, seed, **_):
         started.append((row.name, seed))
-        time.sleep(0.05)  # a run takes time: the queue is not drained when the failure is seen
+        time.sleep(0.5)  # a run takes time: the queue is not drained when the failure is seen, even under load
         if row.name == "static_em":
             raise ablation.AblationError(f"-m launcher.train failed with status 1 (log {out}/runs/static_em/train.log)")
         return {"targets": {}}
@@ -43,3 +45,27 @@ def test_a_failed_run_stops_the_ablation_before_the_remaining_runs(monkeypatch, 
     assert code == 2
     assert "static_em/train.log" in capsys.readouterr().err
     assert len(started) <= 3  # of 31 runs: the failure stops the queue
+
+
+def test_a_measured_run_keeps_final_and_drops_its_checkpoints_unless_asked(monkeypatch, tmp_path) -> None:
+    import launcher.ablation as ablation
+
+    def train(*args, log):  # stands in for the training subprocess: what launcher.train leaves in the run folder
+        run_dir = Path(next(a for a in args if a.startswith("train.run_dir=")).split("=", 1)[1])
+        for tag in ("checkpoints/epoch0001", "checkpoints/epoch0002", "final"):
+            (run_dir / tag).mkdir(parents=True)
+            (run_dir / tag / "model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(ablation, "_python", train)
+    monkeypatch.setattr(ablation, "shards_for", lambda *a, **k: tmp_path / "shards")
+    monkeypatch.setattr(ablation, "_load_model", lambda path: path)
+    monkeypatch.setattr(ablation, "evaluate_targets", lambda model, targets: {"measured": str(model)})
+    row = ablation.ROWS_BY_NAME["tde_em"]
+    size = ablation.WorldSize()
+    for seed, keep in ((0, False), (1, True)):
+        result = ablation.run_row(tmp_path, row, seed, clip=tmp_path / "clip.pt", tap_layer=4, size=size,
+                                  keep_checkpoints=keep)  # fmt: skip
+        run_dir = tmp_path / "runs" / "tde_em" / f"seed{seed}" / "run"
+        assert result["targets"] == {"measured": str(run_dir / "final")}
+        assert (run_dir.parent / "result.json").is_file() and (run_dir / "final" / "model.safetensors").is_file()
+        assert (run_dir / "checkpoints" / "epoch0002").is_dir() == keep
