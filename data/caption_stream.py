@@ -179,17 +179,19 @@ class CaptionSampleStream(IterableDataset):
         random.Random(derived_seed(self.seed, epoch, -1)).shuffle(order)
         return order[rank :: self.world_size]
 
+    def units_per_worker(self, epoch: int) -> list[list[int]]:
+        """Per rank, the images (one_caption_per_image) or captions each of its data workers reads in `epoch` by
+        the manifest."""
+        per_shard = [s.images if self.sampling == "one_caption_per_image" else s.captions for s in self.manifest.shards]
+        return [
+            [sum(per_shard[i] for i in self.shard_indices(epoch, rank)[w :: self.splits]) for w in range(self.splits)]
+            for rank in range(self.world_size)
+        ]
+
     def batches_per_epoch(self, epoch: int) -> int:
         """Full batches every rank can run in `epoch` by the manifest (the minimum over ranks, alike on
         each rank); damaged data can only make it fewer, which the ranks agree on as they go."""
-        per_shard = [s.images if self.sampling == "one_caption_per_image" else s.captions for s in self.manifest.shards]
-
-        def rank_batches(rank: int) -> int:
-            shards = self.shard_indices(epoch, rank)
-            parts = [shards[w :: self.splits] for w in range(self.splits)]
-            return sum(sum(per_shard[i] for i in part) // self.batch_size for part in parts)
-
-        return min(rank_batches(rank) for rank in range(self.world_size))
+        return min(sum(units // self.batch_size for units in workers) for workers in self.units_per_worker(epoch))
 
     def caption_ids(self, epoch: int) -> torch.Tensor:
         """Every caption id this rank may read in `epoch` (image index * num_sources + source index)."""

@@ -40,14 +40,19 @@ def check_data(config: Config, *, world: int) -> None:
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
     stream = build_caption_stream(config, manifest, rank=0, world_size=world)
     for epoch in range(config.train.epochs):
-        if stream.batches_per_epoch(epoch) == 0:
-            unit = "images" if config.data.sampling == "one_caption_per_image" else "captions"
-            per_rank = (manifest.num_images if unit == "images" else sum(s.captions for s in manifest.shards)) / world
-            raise ShardError(
-                f"train.batch_size={config.train.batch_size} is larger than what a rank gets from {manifest.root} "
-                f"(about {per_rank:.0f} {unit} per rank over {world} rank(s) and {stream.splits} data worker(s) "
-                f"in epoch {epoch}); lower train.batch_size or data.num_workers"
-            )
+        if stream.batches_per_epoch(epoch) > 0:
+            continue
+        units = stream.units_per_worker(epoch)
+        rank = min(range(world), key=lambda r: sum(u // config.train.batch_size for u in units[r]))
+        unit = "images" if config.data.sampling == "one_caption_per_image" else "captions"
+        shards = len(stream.shard_indices(epoch, rank))
+        split = " + ".join(map(str, units[rank]))
+        raise ShardError(
+            f"rank {rank} of {world} gets no full batch in epoch {epoch}: {sum(units[rank])} {unit} from {shards} of "
+            f"the {len(manifest.shards)} shards in {manifest.root} ({split} across its {stream.splits} data "
+            f"worker(s)), and each worker needs train.batch_size={config.train.batch_size}; lower train.batch_size "
+            "or data.num_workers, use fewer ranks, or repack into more, evenly sized shards"
+        )
 
 
 def check_before_training(config: Config, *, resume: str | None, overwrite: bool) -> str | None:

@@ -164,3 +164,28 @@ def test_a_manifest_without_any_shard_is_named(packed_shards: Path, tmp_path: Pa
 def test_more_ranks_than_shards_is_refused(packed_shards: Path):
     with pytest.raises(ShardError, match="4 shards for 5 ranks"):
         stream(packed_shards, world=5)
+
+
+def test_preflight_names_the_rank_that_gets_no_full_batch(tmp_path: Path):
+    """26 images in shards of 12, 12 and 2 over 3 ranks: about 9 images per rank on average, yet the rank holding
+    the 2-image shard has no batch of 5; the error names that rank and its share, not the average."""
+    from data.pack import pack
+    from engine.config import load_config
+    from engine.preflight import check_data
+    from tests.helpers import REPO, caption_files, write_caption_set
+
+    raw = write_caption_set(tmp_path / "raw", images=26)
+    pack(raw / "imgs", caption_files(raw), tmp_path / "shards", images_per_shard=12)
+    overrides = [f"data.shards={tmp_path / 'shards'}", "data.num_workers=0", "train.epochs=1"]
+    overrides.append("data.sampling=one_caption_per_image")
+    config = load_config(REPO / "configs" / "demo_cpu.yaml", [*overrides, "train.batch_size=5"])
+    data = stream(tmp_path / "shards", world=3, batch=5, sampling="one_caption_per_image")
+    small = min(range(3), key=lambda rank: data.units_per_worker(0)[rank])
+    assert data.units_per_worker(0)[small] == [2] and data.batches_per_epoch(0) == 0
+    with pytest.raises(ShardError) as error:
+        check_data(config, world=3)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"rank {small} of 3 gets no full batch in epoch 0: 2 images from 1 of the 3 shards")
+    assert "train.batch_size=5" in message
+    check_data(load_config(REPO / "configs" / "demo_cpu.yaml", [*overrides, "train.batch_size=2"]), world=3)
