@@ -428,13 +428,17 @@ def write_report(out: Path, rows: list[Row], results: dict[str, list[dict]], swe
                 f"{t} {result['targets'][t]['R1']:.2f}/{result['targets'][t]['mAP']:.2f}" for t in TARGETS
             )
             extra = ""
-            if "noise_auroc_per_epoch" in result:
-                extra += "; noise AUROC by epoch " + ", ".join(
-                    f"{e}: {a}" for e, a in result["noise_auroc_per_epoch"].items()
-                )
+            aurocs = result.get("noise_auroc_per_epoch", {})
+            if any(a is not None for a in aurocs.values()):
+                extra += "; noise AUROC by epoch " + ", ".join(f"{e}: {a}" for e, a in aurocs.items())
+            elif aurocs:
+                extra += "; noise AUROC: none (no wrong words in its captions)"
             if "masking_epoch_2" in result:
                 m = result["masking_epoch_2"]
-                extra += f"; epoch-2 masking probability wrong {m['wrong']['mean']:.3f} vs correct {m['correct']['mean']:.3f} (p {m['p']})"
+                wrong = "none" if math.isnan(m["wrong"]["mean"]) else f"{m['wrong']['mean']:.3f}"
+                extra += (
+                    f"; epoch-2 masking probability wrong {wrong} vs correct {m['correct']['mean']:.3f} (p {m['p']})"
+                )
             lines.append(f"- {row.name} seed {result['seed']}: R1/mAP {scores}{extra} ({result['seconds']} s)")
     path = out / "ablation.md"
     path.write_text("\n".join(lines) + "\n")

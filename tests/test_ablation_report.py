@@ -69,3 +69,25 @@ def test_a_measured_run_keeps_final_and_drops_its_checkpoints_unless_asked(monke
         assert result["targets"] == {"measured": str(run_dir / "final")}
         assert (run_dir.parent / "result.json").is_file() and (run_dir / "final" / "model.safetensors").is_file()
         assert (run_dir / "checkpoints" / "epoch0002").is_dir() == keep
+
+
+def test_a_row_without_wrong_words_reports_no_auroc_rather_than_none(tmp_path) -> None:
+    import math
+
+    import launcher.ablation as ablation
+
+    targets = {t: {"R1": 10.0, "mAP": 20.0} for t in TARGETS}
+    masking = {"wrong": {"mean": math.nan, "words": 0}, "correct": {"mean": 0.125, "words": 900}, "p": 0.15}
+    results = {
+        "nam_00": [{"row": "nam_00", "seed": 0, "seconds": 1.0, "targets": targets, "masking_epoch_2": masking,
+                    "noise_auroc_per_epoch": {"0": None, "1": None}}],
+        "nam_30": [{"row": "nam_30", "seed": 0, "seconds": 1.0, "targets": targets, "masking_epoch_2": masking
+                    | {"wrong": {"mean": 0.151, "words": 90}}, "noise_auroc_per_epoch": {"0": 0.5746, "1": 0.5604}}],
+    }  # fmt: skip
+    rows = [ablation.ROWS_BY_NAME["nam_00"], ablation.ROWS_BY_NAME["nam_30"]]
+    report = ablation.write_report(tmp_path, rows, results, {"per_layer": {}, "best_layer": 4}, {}).read_text()
+    line = next(line for line in report.splitlines() if line.startswith("- nam_00 seed 0"))
+    assert "noise AUROC: none (no wrong words in its captions)" in line and "wrong none vs correct 0.125" in line
+    assert "None" not in line and "nan" not in line
+    line = next(line for line in report.splitlines() if line.startswith("- nam_30 seed 0"))
+    assert "noise AUROC by epoch 0: 0.5746, 1: 0.5604" in line and "wrong 0.151 vs correct 0.125" in line
