@@ -818,5 +818,6 @@ def test_two_ranks_print_a_user_error_once(world, tmp_path):
     assert [process.returncode for process in ranks] == [2, 2]
     text = "".join(outputs)
     assert "Traceback" not in text
-    assert text.count("error: train.batch_size=4096") == 1, text[-3000:]
-    assert last_line(outputs[0]).startswith("error: train.batch_size=4096") and "error" not in outputs[1]
+    assert text.count("error: rank 0 of 2 gets no full batch in epoch 0") == 1, text[-3000:]
+    assert "train.batch_size=4096" in last_line(outputs[0]) and "error" not in outputs[1]
+    assert last_line(outputs[0]).startswith("error: rank 0 of 2 gets no full batch in epoch 0")
