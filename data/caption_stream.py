@@ -188,10 +188,14 @@ class CaptionSampleStream(IterableDataset):
             for rank in range(self.world_size)
         ]
 
+    def batches_per_rank(self, epoch: int) -> list[int]:
+        """Full batches each rank's data workers can make in `epoch` by the manifest."""
+        return [sum(units // self.batch_size for units in workers) for workers in self.units_per_worker(epoch)]
+
     def batches_per_epoch(self, epoch: int) -> int:
         """Full batches every rank can run in `epoch` by the manifest (the minimum over ranks, alike on
         each rank); damaged data can only make it fewer, which the ranks agree on as they go."""
-        return min(sum(units // self.batch_size for units in workers) for workers in self.units_per_worker(epoch))
+        return min(self.batches_per_rank(epoch))
 
     def caption_ids(self, epoch: int) -> torch.Tensor:
         """Every caption id this rank may read in `epoch` (image index * num_sources + source index)."""

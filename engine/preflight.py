@@ -40,10 +40,11 @@ def check_data(config: Config, *, world: int) -> None:
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
     stream = build_caption_stream(config, manifest, rank=0, world_size=world)
     for epoch in range(config.train.epochs):
-        if stream.batches_per_epoch(epoch) > 0:
+        batches = stream.batches_per_rank(epoch)
+        if min(batches) > 0:
             continue
+        rank = batches.index(0)
         units = stream.units_per_worker(epoch)
-        rank = min(range(world), key=lambda r: sum(u // config.train.batch_size for u in units[r]))
         unit = "images" if config.data.sampling == "one_caption_per_image" else "captions"
         shards = len(stream.shard_indices(epoch, rank))
         split = " + ".join(map(str, units[rank]))
