@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import CheckpointError, load_exported_model
+from data.cli_errors import error_boundary
+from data.outputs import atomic_file, check_output_file, output_argument
+from engine.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 from engine.model import CLIPDualEncoder
 
 _RENAMES = {
@@ -77,20 +79,22 @@ def openai_state_dict(model: CLIPDualEncoder) -> dict[str, torch.Tensor]:
 def save_openai_format(model: CLIPDualEncoder, path: Path) -> None:
     """Writes beside the target and renames, so an interrupted save never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(openai_state_dict(model), partial)
-    partial.replace(path)
+    with atomic_file(path) as partial:
+        torch.save(openai_state_dict(model), partial)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.openai_format", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="an exported model folder (RUN_DIR/final) or a checkpoint")
-    parser.add_argument("--out", required=True, type=Path, help="the .pt file to write")
-    parser.add_argument("--overwrite", action="store_true")
+    output_argument(parser, "--out", kind="file", required=True, help="the .pt file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the --model input)")
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"error: {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
-        return 2
+    try:  # the folder the weights are read from; a run folder's other files may take the output beside them
+        source = resolve_tag_dir(args.model)
+    except CheckpointError:
+        source = Path(args.model)  # named again, in full, by the load below
+    check_output_file(args.out, flag="--out", overwrite=args.overwrite, protect=[source])
     try:
         model, _ = load_exported_model(args.model)
     except CheckpointError as error:

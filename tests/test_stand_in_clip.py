@@ -90,5 +90,5 @@ def test_target_sets_load_and_differ_in_phrasing(tmp_path: Path) -> None:
         for name, t in TARGETS.items()
     }
     assert not styles["cuhk_pedes"] & styles["icfg_pedes"] and not styles["icfg_pedes"] & styles["rstpreid"]
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(Exception, match="is not empty"):
         write_targets(tmp_path, seed=0, test_identities=6)

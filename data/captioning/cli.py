@@ -20,6 +20,7 @@ from data.captioning.model import DTYPES, Decoding  # noqa: E402
 from data.captioning.run import CaptionJob, caption  # noqa: E402
 from data.captioning.store import CaptionStore  # noqa: E402
 from data.cli_errors import error_boundary, non_negative_int, positive_int  # noqa: E402
+from data.outputs import check_output_file, output_argument  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--shards", type=Path, help="packed shard folder (manifest.json + webdataset tars)")
     parser.add_argument("--model", type=Path, help="local transformers folder of an image-text-to-text model")
     parser.add_argument("--mode", choices=MODES, help="static instruction, or dynamic with one template per image")
-    parser.add_argument("--out", type=Path, required=True, help="caption JSON to write, e.g. Td-qwen2vl.json")
+    output_argument(
+        parser, "--out", kind="file", required=True,
+        help="caption JSON to write, e.g. Td-qwen2vl.json; only a file this tool wrote is resumed or replaced",
+    )  # fmt: skip
     parser.add_argument("--instructions", type=Path, default=DEFAULT_INSTRUCTIONS, help="instructions + templates")
     parser.add_argument("--seed", type=int, default=0, help="with the file name, picks each image's template")
     parser.add_argument("--batch-size", type=positive_int, default=8)
@@ -53,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Resuming is decided by CaptionStore (only its own files); here the output must not be one of the inputs.
+    inputs = [args.images, args.shards, args.model, args.instructions]
+    check_output_file(args.out, flag="--out", overwrite=True, protect=[path for path in inputs if path is not None])
     try:
         if args.merge:
             merged = CaptionStore(args.out).merge()

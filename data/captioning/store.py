@@ -89,13 +89,34 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 class CaptionStore:
+    """OUT and its side files. Only files this tool wrote are ever resumed or replaced: an existing OUT (or its log
+    or failures file) without `OUT.parts/run.json` beside it, such as a caption file of a public release, is
+    refused before any work."""
+
     def __init__(self, out: Path):
+        out = Path(out)
         if out.suffix != ".json":
             raise CaptioningError(f"--out must name a .json caption file (got {out})")
         self.out = out
         self.parts = out.with_suffix(".parts")
         self.log = out.with_suffix(".log.jsonl")
         self.failures = out.with_suffix(".failures.jsonl")
+        self._check_owned()
+
+    def _check_owned(self) -> None:
+        if not self.out.parent.is_dir():
+            raise CaptioningError(f"--out {self.out}: its folder {self.out.parent} does not exist")
+        ours = (self.parts / SETTINGS).is_file()
+        for path in (self.out, self.log, self.failures, self.parts):
+            if path.is_dir() != (path == self.parts) and path.exists():
+                raise CaptioningError(
+                    f"--out {self.out}: {path} is in the way (a {'folder' if path.is_dir() else 'file'})"
+                )
+            if path != self.parts and path.exists() and not ours:
+                raise CaptioningError(
+                    f"--out {self.out}: {path} exists and was not written by python -m data.captioning (no "
+                    f"{self.parts / SETTINGS} beside it); it is left as it is: choose another --out"
+                )
 
     def check_settings(self, settings: dict) -> None:
         """The first run records its settings; a resumed run with other ones would mix two kinds of caption."""

@@ -17,6 +17,7 @@ import torch
 
 from data.captioning.instructions import DEFAULT_INSTRUCTIONS, load_instructions
 from data.cli_errors import error_boundary
+from data.outputs import atomic_folder, check_output_folder, output_argument
 
 FAMILIES = ("qwen2_vl", "llava")
 VOCAB_SIZE = 512
@@ -170,25 +171,32 @@ def _llava(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def build_tiny_model(out: str | Path, *, family: str = "qwen2_vl", seed: int = 0) -> Path:
-    """Writes the model folder to `out` and returns it; the same seed gives the same weights."""
+TOOL = "python -m data.captioning.tiny_model"
+
+
+def build_tiny_model(out: str | Path, *, family: str = "qwen2_vl", seed: int = 0, overwrite: bool = False) -> Path:
+    """Writes the model folder to `out` and returns it; the same seed gives the same weights. An existing non-empty
+    `out` is replaced only with `overwrite`, and then whole (built beside it and renamed over it), never file by
+    file; a folder that another tool wrote is never replaced."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)} (got {family!r})")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, flag="--out", overwrite=overwrite, tool=TOOL)
     torch.manual_seed(seed)
-    {"qwen2_vl": _qwen2_vl, "llava": _llava}[family](out)
+    with atomic_folder(out, tool=TOOL) as partial:
+        {"qwen2_vl": _qwen2_vl, "llava": _llava}[family](partial)
     return out
 
 
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.captioning.tiny_model", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")
+    output_argument(parser, "--out", kind="folder", required=True, help="folder to write the model to (new or empty)")
     parser.add_argument("--family", choices=FAMILIES, default="qwen2_vl")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     args = parser.parse_args(argv)
-    build_tiny_model(args.out, family=args.family, seed=args.seed)
+    build_tiny_model(args.out, family=args.family, seed=args.seed, overwrite=args.overwrite)
     print(f"tiny {args.family} model written to {args.out}")
     return 0
 

@@ -19,8 +19,10 @@ import time
 from collections.abc import Sequence
 
 from data.cli_errors import error_boundary
+from data.outputs import output_argument
 from data.synthetic.errors import SyntheticDataError
 from data.synthetic.generate import (
+    CUHK_DIR,
     DEFAULT_DIRTY_FRACTION,
     DEFAULT_IMAGES_PER_TEST_IDENTITY,
     DEFAULT_NOISE_FRACTION,
@@ -28,6 +30,7 @@ from data.synthetic.generate import (
     DEFAULT_SPLIT_IDENTITIES,
     DEFAULT_TEST_IDENTITIES,
     DEFAULT_TRAIN_IMAGES,
+    PRETRAIN_DIR,
     generate,
 )
 
@@ -41,7 +44,10 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (gets luperson_mllm/ and cuhk_pedes/)")
+    output_argument(
+        parser, "--out", kind="subfolders", subfolders=(PRETRAIN_DIR, CUHK_DIR), required=True,
+        help="output directory (gets luperson_mllm/ and cuhk_pedes/)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-images", type=int, default=DEFAULT_TRAIN_IMAGES)
     parser.add_argument("--test-identities", type=int, default=DEFAULT_TEST_IDENTITIES)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from data.outputs import atomic_folder, check_output_subfolders
 from data.synthetic.cuhk import write_cuhk_set
 from data.synthetic.errors import SyntheticDataError
 from data.synthetic.pretraining import write_pretraining_set
@@ -24,14 +24,7 @@ PRETRAIN_DIR = "luperson_mllm"
 CUHK_DIR = "cuhk_pedes"
 
 
-def _prepare_output(out_dir: Path, *, overwrite: bool) -> None:
-    for name in (PRETRAIN_DIR, CUHK_DIR):
-        target = out_dir / name
-        if target.exists() and any(target.iterdir()):
-            if not overwrite:
-                raise SyntheticDataError(f"{target} already exists and is not empty; pass overwrite=True (--overwrite)")
-            shutil.rmtree(target)
-    out_dir.mkdir(parents=True, exist_ok=True)
+TOOL = "python -m data.synthetic"
 
 
 def _validate(
@@ -87,12 +80,17 @@ def generate(
         split_identities=split_identities,
     )
     out_dir = Path(out_dir).expanduser()
-    _prepare_output(out_dir, overwrite=overwrite)
+    check_output_subfolders(out_dir, [PRETRAIN_DIR, CUHK_DIR], flag="--out", overwrite=overwrite, tool=TOOL)
+    out_dir.mkdir(exist_ok=True)
     identities_per_split = {"train": split_identities, "val": split_identities, "test": test_identities}
     total_images = train_images + sum(identities_per_split.values()) * images_per_test_identity
-    with tqdm(total=total_images, unit="img", desc="synthetic", disable=not progress) as bar:
+    with (
+        tqdm(total=total_images, unit="img", desc="synthetic", disable=not progress) as bar,
+        atomic_folder(out_dir / PRETRAIN_DIR, tool=TOOL) as pretraining_dir,
+        atomic_folder(out_dir / CUHK_DIR, tool=TOOL) as cuhk_dir,
+    ):
         pretraining = write_pretraining_set(
-            out_dir / PRETRAIN_DIR,
+            pretraining_dir,
             seed=seed,
             count=train_images,
             size=size,
@@ -101,7 +99,7 @@ def generate(
             on_image=bar.update,
         )
         cuhk = write_cuhk_set(
-            out_dir / CUHK_DIR,
+            cuhk_dir,
             seed=seed,
             identities_per_split=identities_per_split,
             images_per_identity=images_per_test_identity,

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import ImageFilter
 
+from data.cli_errors import error_boundary
+from data.outputs import atomic_folder, check_output_subfolders, output_argument
 from data.synthetic.attributes import PLURAL_NOUNS, PersonAttributes, pick, sample_attributes
 from data.synthetic.cuhk import processed_tokens
 from data.synthetic.errors import SyntheticDataError
@@ -80,6 +82,7 @@ class TargetSet:
     captions_per_image: int
 
 
+TOOL = "python -m data.synthetic.targets"
 TARGETS: dict[str, TargetSet] = {
     "cuhk_pedes": TargetSet(
         "cuhk_pedes",
@@ -287,35 +290,38 @@ def write_targets(
     if test_identities < 1 or images_per_identity < 1 or split_identities < 1:
         raise SyntheticDataError("test_identities, images_per_identity and split_identities must be >= 1")
     out_dir = Path(out_dir)
-    for name in TARGETS:
-        target = out_dir / name
-        if target.exists() and any(target.iterdir()):
-            if not overwrite:
-                raise SyntheticDataError(f"{target} already exists and is not empty; pass --overwrite")
-            import shutil
-
-            shutil.rmtree(target)
+    check_output_subfolders(out_dir, list(TARGETS), flag="--out", overwrite=overwrite, tool=TOOL)
+    out_dir.mkdir(exist_ok=True)
     counts = {"train": split_identities, "val": split_identities, "test": test_identities}
-    return {
-        name: write_target_set(
-            out_dir / name,
-            target,
-            seed=seed,
-            set_index=index,
-            identities_per_split=counts,
-            images_per_identity=images_per_identity,
-        )
-        for index, (name, target) in enumerate(TARGETS.items())
-    }
+    summary = {}
+    for index, (name, target) in enumerate(TARGETS.items()):
+        with atomic_folder(out_dir / name, tool=TOOL) as partial:
+            summary[name] = write_target_set(
+                partial,
+                target,
+                seed=seed,
+                set_index=index,
+                identities_per_split=counts,
+                images_per_identity=images_per_identity,
+            )
+    return summary
 
 
+@error_boundary
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.synthetic.targets", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True)
+    output_argument(
+        parser,
+        "--out",
+        kind="subfolders",
+        subfolders=tuple(TARGETS),
+        required=True,
+        help="gets one folder per target set",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-identities", type=int, default=100)
     parser.add_argument("--images-per-identity", type=int, default=2)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace target-set folders this tool wrote")
     args = parser.parse_args(argv)
     try:
         summary = write_targets(

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from data.cli_errors import error_boundary, positive_int
+from data.outputs import atomic_folder, check_output_folder, output_argument
 from data.synthetic.attributes import PLURAL_NOUNS, PersonAttributes, pick, sample_attributes
 from data.synthetic.output import IMAGE_DIR, save_jpeg, write_json
 from data.synthetic.render import body_box, render_person, sample_scene
@@ -115,33 +117,29 @@ def write_web_set(
     return {"images": count, "close_ups": close_ups, "captions": count * len(WEB_FILES)}
 
 
+TOOL = "python -m data.synthetic.web"
+
+
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     """python -m data.synthetic.web --out DIR [--seed 0] [--images 3000] [--size 128x64] [--overwrite]"""
     import argparse
     import json
-    import shutil
-    import sys
 
     from data.synthetic.cli import _parse_size
 
     parser = argparse.ArgumentParser(prog="python -m data.synthetic.web", description="The synthetic web corpus.")
-    parser.add_argument(
-        "--out", required=True, type=Path, help="the corpus folder (gets imgs/, web-a.json, web-b.json)"
+    output_argument(
+        parser, "--out", kind="folder", required=True, help="the corpus folder (gets imgs/, web-a.json, web-b.json)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=positive_int, default=3000)
     parser.add_argument("--size", type=_parse_size, default=(128, 64), help="HxW pixels")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out whole")
     args = parser.parse_args(argv)
-    if args.images < 1:
-        print("error: --images must be >= 1", file=sys.stderr)
-        return 2
-    if args.out.exists() and any(args.out.iterdir()):
-        if not args.overwrite:
-            print(f"error: {args.out} already exists and is not empty; pass --overwrite", file=sys.stderr)
-            return 2
-        shutil.rmtree(args.out)
-    summary = write_web_set(args.out, seed=args.seed, count=args.images, size=args.size, on_image=lambda: None)
+    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, tool=TOOL)
+    with atomic_folder(args.out, tool=TOOL) as partial:
+        summary = write_web_set(partial, seed=args.seed, count=args.images, size=args.size, on_image=lambda: None)
     print(json.dumps(summary))
     return 0
 
