@@ -37,8 +37,9 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
 
 
 def is_ours(error: BaseException) -> bool:
-    """An exception class defined in this project: its message was written to name the bad input."""
-    return type(error).__module__.split(".")[0] in OUR_PACKAGES
+    """An exception class defined in this project: its message was written to name the bad input. A class of the
+    module run as `python -m ...` is ours too: the boundary wraps only this project's entry points."""
+    return type(error).__module__.split(".")[0] in OUR_PACKAGES or type(error).__module__ == "__main__"
 
 
 def one_line(error: BaseException) -> str:
@@ -116,6 +117,13 @@ def positive_int(text: str) -> int:
     value = _int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0 (got {value})")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, 0 picking a free one (got {value})")
     return value
 
 

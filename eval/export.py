@@ -35,7 +35,7 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 
 from data.cli_errors import error_boundary
-from data.outputs import atomic_folder, check_output_folder
+from data.outputs import atomic_folder, check_output_folder, output_argument
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.checkpoint import CheckpointError, load_exported_model
@@ -43,6 +43,8 @@ from engine.model import CLIPDualEncoder
 from engine.model.weights import VISION_POSITIONS
 
 _BILINEAR = 2  # PIL.Image.BILINEAR, as data.transforms resizes by default
+
+TOOL = "python -m eval export"
 
 
 def square_side(grid: tuple[int, int]) -> int | None:
@@ -125,20 +127,22 @@ def export_transformers(model: CLIPDualEncoder, out_dir: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder, or one checkpoint")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write the transformers CLIP model into")
+    output_argument(
+        parser, "--out", kind="folder", required=True, help="folder to write the transformers CLIP model into"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (never in place)")
 
 
 def run(args: argparse.Namespace) -> int:
     source = Path(args.checkpoint)
-    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source])
+    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source], tool=TOOL)
     try:
         model, tag_dir = load_exported_model(args.checkpoint)
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source, tag_dir])
-    with atomic_folder(args.out) as partial:
+    check_output_folder(args.out, flag="--out", overwrite=args.overwrite, protect=[source, tag_dir], tool=TOOL)
+    with atomic_folder(args.out, tool=TOOL) as partial:
         export_transformers(model, partial)
     height, width = model.cfg.image_size
     print(

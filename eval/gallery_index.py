@@ -39,7 +39,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from data.outputs import sha256_of
+from data.cli_errors import error_boundary, non_negative_int, positive_int
+from data.outputs import check_output_file, output_argument, sha256_of
 from data.transforms import eval_transform
 from engine import collectives
 from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, CheckpointError, load_exported_model, resolve_tag_dir
@@ -372,16 +373,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder, or one checkpoint")
     parser.add_argument("--images", required=True, help="folder of .jpg/.jpeg/.png images, searched recursively")
-    parser.add_argument("--out", required=True, help="the index file; an existing index of the same model is updated")
+    output_argument(
+        parser,
+        "--out",
+        kind="file",
+        required=True,
+        help="the index file; an existing index of the same model is updated",
+    )
     parser.add_argument("--approximate", action="store_true", help="also build a FAISS index for search --approximate")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="image loading workers")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument(
+        "--workers", type=non_negative_int, default=0, help="image loading workers (0: in this process)"
+    )
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return parser.parse_args(argv)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    # An existing --out is updated only if it is an index of the same model and images (checked in plan()).
+    check_output_file(args.out, flag="--out", overwrite=True, protect=[Path(args.images), Path(args.checkpoint)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: encode on all of them
         from engine.deepspeed_setup import init_distributed
 

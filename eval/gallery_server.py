@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from data.cli_errors import error_boundary, port_number
 from engine.checkpoint import CheckpointError
 from eval.gallery_index import GalleryIndexError
 from eval.gallery_search import GallerySearcher, add_search_arguments
@@ -102,12 +103,13 @@ def make_handler(searcher: GallerySearcher, page: bytes) -> type[BaseHTTPRequest
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval serve", description="A local page to search a gallery.")
     parser.add_argument("--index", required=True, help="an index written by python -m eval index")
-    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--port", type=port_number, default=8080, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind; the page has no authentication")
     add_search_arguments(parser)
     return parser.parse_args(argv)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:

@@ -31,7 +31,7 @@ from PIL import Image
 
 from data.caption_files import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.cli_errors import error_boundary, positive_int
-from data.outputs import check_output_file, write_text_atomically
+from data.outputs import check_output_file, output_argument, write_text_atomically
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
@@ -316,7 +316,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, type=Path, help="DIR/luperson_mllm written by data.synthetic")
     parser.add_argument("--max-captions", type=positive_int, default=4000)
     parser.add_argument("--batch-size", type=positive_int, default=64, help="captions per forward")
-    parser.add_argument("--out", type=Path, help="also write the result as JSON here")
+    output_argument(parser, "--out", kind="file", help="also write the result as JSON here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
         "--tap-layer", type=int, help="score at this layer instead of the model's tap layer (a layer sweep)"
     )
@@ -342,7 +343,13 @@ def build(args: argparse.Namespace) -> tuple[CLIPDualEncoder, str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.out:
-        check_output_file(args.out, flag="--out")  # before the scoring, not after it
+        # before the scoring, not after it
+        check_output_file(
+            args.out,
+            flag="--out",
+            overwrite=args.overwrite,
+            protect=[args.data, *([Path(args.config)] if args.config else [])],
+        )
     try:
         captions, dirty = select_captions(args.data, args.max_captions)
         model, described = build(args)

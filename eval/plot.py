@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from data.cli_errors import error_boundary
+from data.outputs import atomic_file, check_output_file, output_argument
 
 NUMERIC_FIELDS = ("step", "epoch", "loss", "lr", "samples_per_s", "R1", "mAP")
 
@@ -98,7 +99,8 @@ def plot_run(run_dir: Path, out: Path) -> Path:
     figure.suptitle(str(run_dir))
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
+    with atomic_file(out) as partial:
+        figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
     return out
 
@@ -107,12 +109,15 @@ def plot_run(run_dir: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.plot", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder (train.run_dir) holding metrics.jsonl")
-    parser.add_argument("--out", type=Path, help="the PNG to write (default RUN_DIR/curves.png)")
+    output_argument(parser, "--out", kind="file", help="the PNG to write (default RUN_DIR/curves.png)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    try:
+    try:  # PlotError is caught here: run as `python -m eval.plot`, its module is __main__, not ours to the boundary
+        read_metrics(args.run_dir)  # the input first: a folder that is no run is named as such
         out = args.out or args.run_dir / "curves.png"
-        if out.is_dir() or (out.parent.exists() and not out.parent.is_dir()):
-            raise PlotError(f"--out {out} is a folder or lies under a file; name a .png file")
+        if out.suffix.lower() != ".png":
+            raise PlotError(f"--out {out} must name a .png file")
+        check_output_file(out, flag="--out", overwrite=args.overwrite, protect=[args.run_dir / "metrics.jsonl"])
         out = plot_run(args.run_dir, out)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)

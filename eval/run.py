@@ -20,9 +20,16 @@ import torch.distributed as dist
 
 from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.datasets import DatasetError, load_split
-from data.outputs import check_output_file, check_output_folder, write_text_atomically
+from data.outputs import (
+    OutputError,
+    atomic_folder,
+    check_output_file,
+    check_output_folder,
+    output_argument,
+    write_text_atomically,
+)
 from engine import collectives
-from engine.checkpoint import CheckpointError, load_exported_model
+from engine.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 from engine.config import ConfigError, load_config
 from engine.model import build_model
 from eval import report
@@ -31,6 +38,8 @@ from eval.gallery import drop_undecodable
 from eval.html import write_html
 from eval.metrics import retrieval_metrics_from_features
 from eval.stats import add_dataset_args, fail
+
+HTML_TOOL = "python -m eval run --html"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,10 +55,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--workers", type=non_negative_int, default=0, help="image loading workers")
-    parser.add_argument("--out", type=Path, help="also write metrics, stats, model provenance and timings as JSON")
-    parser.add_argument("--save-rankings", type=Path, help="write each query's top-k gallery indices (JSON)")
+    output_argument(
+        parser, "--out", kind="file", help="also write metrics, stats, model provenance and timings as JSON"
+    )
+    output_argument(parser, "--save-rankings", kind="file", help="write each query's top-k gallery indices (JSON)")
     parser.add_argument("--top-k", type=int, default=10, help="gallery items kept per query in --save-rankings")
-    parser.add_argument("--html", type=Path, help="write DIR/index.html: sampled queries and their top 10 images")
+    output_argument(
+        parser, "--html", kind="folder", help="write DIR/index.html: sampled queries and their top 10 images"
+    )
     parser.add_argument("--html-queries", type=int, default=20, help="queries shown in --html")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace existing --out, --save-rankings and --html outputs"
@@ -84,11 +97,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_outputs(args: argparse.Namespace) -> None:
+    inputs = [Path(path) for path in (args.config, args.root) if path]
+    if args.checkpoint:  # the checkpoint read; results may go beside it in the run folder
+        try:
+            inputs.append(resolve_tag_dir(args.checkpoint))
+        except CheckpointError:
+            inputs.append(Path(args.checkpoint))  # named again, in full, by the load
     for flag in ("out", "save_rankings"):
         if getattr(args, flag):
-            check_output_file(getattr(args, flag), flag=f"--{flag.replace('_', '-')}", overwrite=args.overwrite)
+            path = getattr(args, flag)
+            check_output_file(path, flag=f"--{flag.replace('_', '-')}", overwrite=args.overwrite, protect=inputs)
+    if args.out and args.save_rankings and Path(args.out).resolve() == Path(args.save_rankings).resolve():
+        raise OutputError(f"--out and --save-rankings name the same file {args.out}; give each its own")
     if args.html:
-        check_output_folder(args.html, flag="--html", overwrite=args.overwrite)
+        check_output_folder(args.html, flag="--html", overwrite=args.overwrite, protect=inputs, tool=HTML_TOOL)
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -130,5 +152,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.save_rankings:
         report.write_rankings(args.save_rankings, split, similarity, args.top_k)
     if args.html:
-        print(f"wrote {write_html(args.html, split, similarity, num_queries=args.html_queries)}", file=sys.stderr)
+        with atomic_folder(args.html, tool=HTML_TOOL) as partial:  # replaced whole, never file by file
+            write_html(partial, split, similarity, num_queries=args.html_queries)
+        print(f"wrote {args.html / 'index.html'}", file=sys.stderr)
     return 0
