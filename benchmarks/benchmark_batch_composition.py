@@ -35,8 +35,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data.caption_stream import CaptionSample, CaptionSampleStream
+from data.cli_errors import error_boundary
 from data.manifest import Manifest, ShardInfo
 from data.order import image_permutation
+from data.outputs import check_output_file, output_argument, write_text_atomically
 from data.records import MDSShards, RawRecord, read_wds_shard
 from engine.config import AugmentConfig
 
@@ -239,6 +241,7 @@ def report(result: dict) -> bool:
     return passed
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.benchmark_batch_composition", description=__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -255,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampling", default="every_caption", choices=["every_caption", "one_caption_per_image"])
     parser.add_argument("--epoch", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    output_argument(parser, "--json", kind="file", help="also write the figures here (must not exist)")
     args = parser.parse_args(argv)
+    if args.json:
+        check_output_file(args.json, flag="--json")  # before the work
     result = run(args)
     passed = report(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1))
+        write_text_atomically(args.json, json.dumps(result, indent=1))
     print("bar met" if passed else "bar MISSED")
     return 0
 

@@ -18,11 +18,12 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from data.cli_errors import error_boundary
+from data.outputs import check_output_file, output_argument, write_text_atomically
 from kernels.token_patch_max_cosine_ref import token_patch_max_cosine_ref
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -86,10 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--m", type=int, default=192, help="image patches per image")
     parser.add_argument("--d", type=int, default=512, help="feature width of the joint space")
     parser.add_argument("--peak-gbps", type=float, default=None, help="HBM peak in GB/s if the device cannot say")
-    parser.add_argument("--out", type=Path, default=None, help="also write the rows here as JSON (must not exist)")
+    output_argument(
+        parser, "--out", kind="file", default=None, help="also write the rows here as JSON (must not exist)"
+    )
     args = parser.parse_args(argv)
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists; give a new path")
+    if args.out is not None:
+        check_output_file(args.out, flag="--out")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     unknown = [d for d in args.dtypes.split(",") if d not in DTYPES]
     if unknown:
@@ -98,6 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.out is not None:
         result = {"device": torch.cuda.get_device_name(device), "peak_gbps": peak, "n": args.n, "m": args.m}
-        args.out.write_text(json.dumps(result | {"d": args.d, "rows": rows}, indent=2) + "\n")
+        write_text_atomically(args.out, json.dumps(result | {"d": args.d, "rows": rows}, indent=2) + "\n")
     return 0
 
 

@@ -32,6 +32,8 @@ from types import SimpleNamespace
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from data.cli_errors import error_boundary
+from data.outputs import check_output_file, output_argument, write_text_atomically
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from engine.config import Config, ConfigError, load_config
 
@@ -331,7 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode, after one warmup step")
     parser.add_argument("--batch-size", type=int, default=None, help="per rank; default: the config's")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense peak of one device in the precision")
-    parser.add_argument("--out", type=Path, default=None, help="also write the result here as JSON (must not exist)")
+    output_argument(
+        parser, "--out", kind="file", default=None, help="also write the result here as JSON (must not exist)"
+    )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.precision=bf16")
     args = parser.parse_args(argv)
@@ -341,8 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--batch-size must be >= 1")
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error("--peak-tflops must be > 0")
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists; give a new path")
+    if args.out is not None:
+        check_output_file(args.out, flag="--out")
     return args
 
 
@@ -359,6 +363,7 @@ def load_benchmark_config(args: argparse.Namespace) -> Config:
     return config
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -374,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(report(result), flush=True)
             if args.out is not None:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=2) + "\n")
+                write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
     finally:
         shutdown_distributed(clean=True)
     return 0

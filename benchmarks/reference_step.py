@@ -24,12 +24,13 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.cli_errors import error_boundary
+from data.outputs import check_output_file, output_argument, write_text_atomically
 from engine.losses import sdm_loss
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
@@ -212,16 +213,19 @@ def time_reference_steps(sizes: ReferenceSizes, *, batch: int, steps: int, devic
     }
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reference_step", description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64, help="the whole batch, split over the GPUs")
     parser.add_argument("--steps", type=int, default=10, help="timed steps after two warmup steps")
-    parser.add_argument("--out", type=Path, default=None, help="also write the result here as JSON (must not exist)")
+    output_argument(
+        parser, "--out", kind="file", default=None, help="also write the result here as JSON (must not exist)"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 2 or args.steps < 1:
         parser.error("--batch-size must be >= 2 (SDM compares captions) and --steps >= 1")
-    if args.out is not None and args.out.exists():
-        parser.error(f"--out {args.out} exists; give a new path")
+    if args.out is not None:
+        check_output_file(args.out, flag="--out")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = time_reference_steps(ReferenceSizes(), batch=args.batch_size, steps=args.steps, device=device)
     print(
@@ -229,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['batch_size']}, {result['step_ms']:.1f} ms/step, {result['samples_per_s']:.1f} samples/s"
     )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
     return 0
 
 

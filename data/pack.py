@@ -30,7 +30,7 @@ from data.caption_files import DIRTY_RULES, CaptionError, load_captions
 from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
 from data.order import image_permutation, order_record
-from data.outputs import check_output_folder, sha256_of, write_text_atomically
+from data.outputs import check_output_folder, output_argument, sha256_of, write_text_atomically
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
@@ -46,6 +46,9 @@ class ImageItem:
     path: Path
     pid: int
     captions: list[tuple[int, str, str]]  # (source index, source name, text)
+
+
+TOOL = "python -m data.pack"  # also data.pack_dataset: both write the same resumable shard folders
 
 
 def parse_size(text: str) -> int:
@@ -227,7 +230,7 @@ def pack(
 
 def check_out(out: Path, *, inputs: list[Path] = ()) -> None:
     """--out must be new, empty, or an interrupted packing to resume (its plan file decides whether it matches)."""
-    check_output_folder(out, flag="--out", overwrite=(out / PLAN).is_file(), protect=list(inputs))
+    check_output_folder(out, flag="--out", overwrite=(out / PLAN).is_file(), protect=list(inputs), tool=TOOL)
 
 
 @error_boundary
@@ -235,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--captions", type=Path, nargs="+", required=True, help="caption JSON files")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
+    output_argument(
+        parser, "--out", kind="folder", required=True,
+        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume",
+    )  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="wds", help="webdataset tar or mosaicml-streaming MDS")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, help="target shard size, e.g. 256MB (the default)")

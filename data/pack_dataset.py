@@ -20,6 +20,7 @@ from data.caption_files import CaptionError
 from data.cli_errors import error_boundary, positive_int
 from data.datasets import DATASETS, DatasetError, load_split
 from data.order import image_permutation, order_record
+from data.outputs import output_argument
 from data.pack import ImageItem, check_out, write_shards
 
 
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
+    output_argument(
+        parser, "--out", kind="folder", required=True,
+        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume",
+    )  # fmt: skip
     parser.add_argument("--split", default="train")
     parser.add_argument("--images-per-shard", type=positive_int, default=1000)
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")

@@ -31,6 +31,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.cli_errors import error_boundary, positive_int
+from data.outputs import check_output_folder, claim_folder, folder_owner, output_argument
+
 REPO = Path(__file__).resolve().parents[1]
 ABLATION_CONFIG = REPO / "configs" / "ablation.yaml"
 CLIP_CONFIG = REPO / "configs" / "synthetic_clip.yaml"
@@ -72,6 +75,7 @@ ROWS: tuple[Row, ...] = (
 )
 ROWS_BY_NAME = {row.name: row for row in ROWS}
 REDUCED_ROWS = ("clip", "tde_nam")
+TOOL = "python -m launcher.ablation"
 
 
 @dataclass
@@ -468,12 +472,18 @@ def _plot(path: Path, rows: list[Row], results: dict[str, list[dict]]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m launcher.ablation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, type=Path, help="folder for the world, runs and report")
+    output_argument(
+        parser, "--out", kind="folder", required=True,
+        help="folder for the world, runs and report: new, empty, or an ablation folder to continue",
+    )  # fmt: skip
     parser.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ROWS_BY_NAME)} (default all)")
-    parser.add_argument("--seeds", type=int, help="seeds per row (default 3; 1 with --reduced)")
+    parser.add_argument("--seeds", type=positive_int, help="seeds per row (default 3; 1 with --reduced)")
     parser.add_argument("--clip", type=Path, help="use this OpenAI-format stand-in instead of training one")
     parser.add_argument(
-        "--jobs", type=int, default=1, help="training runs at once, one CPU thread each (2 on a 2-core machine)"
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="training runs at once, one CPU thread each (2 on a 2-core machine)",
     )
     parser.add_argument(
         "--keep-checkpoints",
@@ -481,15 +491,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="keep every run's per-epoch checkpoints (about 130 MB per epoch each; by default only final/ stays)",
     )
     parser.add_argument("--reduced", action="store_true", help="tiny world and model, 1 seed, 1 epoch, 2 rows")
-    parser.add_argument("--pretrain-images", type=int, help="LUPerson-MLLM-like images (default 600)")
+    parser.add_argument("--pretrain-images", type=positive_int, help="LUPerson-MLLM-like images (default 600)")
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], help="override for every run, e.g. train.epochs=2"
     )
     return parser.parse_args(argv)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # An ablation folder continues where it stopped (finished runs are kept); any other non-empty folder is refused.
+    check_output_folder(args.out, flag="--out", overwrite=folder_owner(args.out) == TOOL, tool=TOOL)
+    args.out.mkdir(exist_ok=True)
+    claim_folder(args.out, TOOL)
     size = REDUCED if args.reduced else WorldSize()
     size = WorldSize(**{**size.__dict__, "extra": [*size.extra, *args.extra]})
     if args.pretrain_images is not None:
