@@ -49,7 +49,9 @@ PROBLEMS = (
     "empty_caption",
     "caption_not_utf8",
     "non_rgb_converted",  # not skipped: converted to RGB
-)
+    "changed_shard",  # per shard: its bytes are not the ones packed (the manifest's sha256); its records were read
+)  # new kinds go last: a checkpoint's counts of the earlier kinds keep their places
+SHARD_PROBLEMS = ("missing_shard", "truncated_shard", "changed_shard")
 LOGGED_PER_KIND = 20  # warnings per worker, epoch and kind; the counts are always complete
 
 
@@ -210,7 +212,9 @@ class CaptionSampleStream(IterableDataset):
     def _shard_records(self, index: int, mds: MDSShards | None) -> Iterator[RawRecord | ShardProblem]:
         """One shard's records in file order (a ShardProblem where it is missing or ends early)."""
         info = self.manifest.shards[index]
-        return mds.read(info.path.name) if mds else read_wds_shard(info.path)
+        if mds:
+            return mds.read(info.path.name)
+        return read_wds_shard(info.path, expected_bytes=info.bytes, expected_sha256=info.sha256)
 
     def sequence(self, worker: int) -> Iterator[CaptionSample | Problem]:
         """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker).
@@ -261,6 +265,8 @@ class CaptionSampleStream(IterableDataset):
             logged[index] += 1
             if logged[index] <= LOGGED_PER_KIND:
                 log.warning("data: %s at %s (epoch %d, rank %d)", kind, key, self.epoch, self.rank)
+            if kind in SHARD_PROBLEMS:  # once per shard and epoch: name it where a user looks, so it can be repacked
+                print(f"data: {kind} {key} (epoch {self.epoch}, rank {self.rank}); repack it", flush=True)
 
         for position, item in enumerate(self.sequence(worker)):
             if position < start:  # resuming: already trained on before the checkpoint; not decoded

@@ -24,6 +24,8 @@ class ShardInfo:
     path: Path
     images: int
     captions: int
+    bytes: int | None = None  # as packed; None in manifests written before sizes were recorded
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,16 @@ class Manifest:
             raise ShardError(f"no {MANIFEST} in shard folder {root} (pack the data first: python -m data.pack ...)")
         try:
             raw = json.loads(path.read_text())
-            shards = [ShardInfo(root / s["name"], int(s["images"]), int(s["captions"])) for s in raw["shards"]]
+            shards = [
+                ShardInfo(
+                    root / s["name"],
+                    int(s["images"]),
+                    int(s["captions"]),
+                    bytes=None if s.get("bytes") is None else int(s["bytes"]),
+                    sha256=s.get("sha256"),
+                )
+                for s in raw["shards"]
+            ]
             identities = raw.get("num_identities")
             manifest = cls(
                 root,

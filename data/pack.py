@@ -77,6 +77,11 @@ def _record(image_index: int, item: ImageItem, num_sources: int) -> PackedRecord
     return PackedRecord(f"{image_index:09d}", item.path.read_bytes(), suffix, meta, texts)
 
 
+def _shard_files(path: Path) -> list[Path]:
+    """A shard's files: the tar itself (wds), or the files of its folder (mds)."""
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+
+
 def _pack_one_shard(out_dir: Path, index: int, items: list[ImageItem], first: int, sources: int, fmt: str) -> dict:
     name = shard_name(index, fmt)
     write_shard(out_dir / name, [_record(first + k, item, sources) for k, item in enumerate(items)], fmt)
@@ -85,6 +90,7 @@ def _pack_one_shard(out_dir: Path, index: int, items: list[ImageItem], first: in
         "images": len(items),
         "captions": sum(len(item.captions) for item in items),
         "sha256": sha256_of(out_dir / name),
+        "bytes": sum(p.stat().st_size for p in _shard_files(out_dir / name)),
     }
     write_text_atomically(out_dir / f".{name}.done", json.dumps(info))
     return info

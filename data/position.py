@@ -74,7 +74,9 @@ class DataPosition:
         """Exact continuation: same world size and worker count as the run that saved it."""
         self.positions = state["positions"].tolist()
         self.next_worker = int(state["next_worker"])
-        self.problems = state["problems"].clone()
+        saved = state["problems"]  # a checkpoint from before a kind was added has fewer counts, in the same order
+        self.problems = torch.zeros(self.num_problems, dtype=torch.long)
+        self.problems[: len(saved)] = saved[: self.num_problems]
         self.dropped = int(state["dropped"])
         self.seen = state["seen"].clone()
         self.skip = None

@@ -10,6 +10,7 @@ Keeping the texts out of the JSON means a damaged caption costs that caption, no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,10 +47,27 @@ class RawRecord:
 
 @dataclass(frozen=True)
 class ShardProblem:
-    """Where a shard stopped yielding records: missing_shard | truncated_shard."""
+    """Where a shard stopped yielding records, or why it cannot be trusted: missing_shard | truncated_shard (shorter
+    than the manifest says, or its tar ends early) | changed_shard (not the bytes the manifest's sha256 names)."""
 
     kind: str
-    key: str  # the shard's name
+    key: str  # the shard's name, with what was found where it is known (sizes, the last intact member)
+
+
+class _HashingReader:
+    """A binary file that hashes what is read through it, for a sha256 check in the same pass as the read."""
+
+    def __init__(self, handle) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def rest(self) -> None:
+        while data := self.read(1 << 20):
+            del data
 
 
 def shard_name(index: int, fmt: str) -> str:
@@ -111,22 +129,49 @@ def merge_mds_index(root: Path, names: list[str]) -> None:
         logging.disable(logging.NOTSET)
 
 
-def read_wds_shard(path: Path) -> Iterator[RawRecord | ShardProblem]:
-    """Records in file order; a truncated or unreadable tar ends with a ShardProblem after its intact records."""
+def _complete(sample: dict) -> bool:
+    return any(k in sample for k in ("jpg", "png", "jpeg")) and "json" in sample and "txt" in sample
+
+
+def read_wds_shard(
+    path: Path, *, expected_bytes: int | None = None, expected_sha256: str | None = None
+) -> Iterator[RawRecord | ShardProblem]:
+    """Records in file order; a damaged shard ends with one ShardProblem after its intact records.
+
+    A tar cut on a block boundary reads as a shorter valid tar, so the manifest's size and sha256 are checked
+    too: a shard shorter than `expected_bytes` is truncated from the start (its last, possibly cut record is kept
+    only if it has all its members); one whose bytes hash to another sha256 has changed since it was packed."""
     try:
         handle = path.open("rb")
     except OSError:
         yield ShardProblem("missing_shard", path.name)
         return
     with handle:
-        files = wds.tariterators.tar_file_iterator(handle)
+        size = os.fstat(handle.fileno()).st_size
+        cut = expected_bytes is not None and size < expected_bytes
+        reader = _HashingReader(handle) if expected_sha256 and not cut else None
+        files = wds.tariterators.tar_file_iterator(reader or handle)
         for_url = ({**f, "__url__": str(path)} for f in files)
+        held, last_key, broken = None, None, False
         try:
             for sample in wds.tariterators.group_by_keys(for_url):
+                if held is not None:
+                    yield held
                 image = next((sample[k] for k in ("jpg", "png", "jpeg") if k in sample), None)
-                yield RawRecord(sample["__key__"], image, sample.get("json"), sample.get("txt"))
+                held, last_key = RawRecord(sample["__key__"], image, sample.get("json"), sample.get("txt")), sample
         except Exception:  # tarfile.ReadError, EOFError, zlib errors: the rest of the shard is lost
-            yield ShardProblem("truncated_shard", path.name)
+            broken = True
+        if held is not None and not ((cut or broken) and not _complete(last_key)):
+            yield held
+        last = f"after record {last_key['__key__']}" if last_key is not None else "before its first record"
+        if cut:
+            yield ShardProblem("truncated_shard", f"{path.name} ({size} of {expected_bytes} bytes, {last})")
+        elif broken:
+            yield ShardProblem("truncated_shard", f"{path.name} (unreadable tar {last})")
+        elif reader is not None:
+            reader.rest()  # the tar's end padding: the sha256 covers the whole file
+            if reader.digest.hexdigest() != expected_sha256:
+                yield ShardProblem("changed_shard", f"{path.name} (sha256 differs from the manifest's)")
 
 
 def _mds_intact_samples(path: Path, samples: int) -> int:

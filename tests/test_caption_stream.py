@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.caption_stream import CaptionSampleStream, make_loader
+from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest, ShardError
 from data.position import DataPosition
 from tests.helpers import stream
@@ -109,14 +109,14 @@ def test_order_is_deterministic_per_epoch_and_differs_between_epochs(packed_shar
 def resumed_after(shards: Path, consumed: int, *, workers: int, batch: int = 5) -> tuple[list[dict], list[dict]]:
     """The uninterrupted epoch's items after `consumed` batches, and what a stream resumed there yields."""
     full = list(make_loader(stream(shards, workers=workers, batch=batch), num_workers=workers))
-    position = DataPosition(max(1, workers), 192, 9)
+    position = DataPosition(max(1, workers), 192, len(PROBLEMS))
     taken, at = 0, 0
     while taken < consumed:
         taken += position.consume(full[at])
         at += 1
     rest = full[at:]
     saved = position.state_dict()
-    restored = DataPosition(max(1, workers), 192, 9)
+    restored = DataPosition(max(1, workers), 192, len(PROBLEMS))
     restored.load_state_dict(saved)
     data = stream(shards, workers=workers, batch=batch)
     data.set_epoch(0, restored.start())
@@ -137,14 +137,14 @@ def test_resumed_stream_continues_exactly_where_the_checkpoint_was(
 
 
 def test_resume_onto_another_layout_runs_only_the_rest_of_the_epoch(packed_shards: Path):
-    position = DataPosition(2, 192, 9)
+    position = DataPosition(2, 192, len(PROBLEMS))
     trained = []
     for item in make_loader(stream(packed_shards, workers=2), num_workers=2):
         if position.consume(item):
             trained += item["caption_id"].tolist()
         if len(trained) >= 60:
             break
-    new = DataPosition(3, 192, 9)
+    new = DataPosition(3, 192, len(PROBLEMS))
     new.load_other_layout([position.state_dict()])
     data = stream(packed_shards, workers=3, batch=1)
     data.set_epoch(0, new.start())
