@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers.models.clip.modeling_clip import CLIPTextTransformer
 
+from data.cli_errors import error_boundary, positive_int
 from data.tokenizer import CLIPTokenizer
 from engine.checkpoint import MODEL_FILE, CheckpointError
 from engine.config import ConfigError, ModelConfig, build_section
-from engine.model.clip import CLIPDualEncoder, transformers_configs
+from engine.model.blocks import CLIPTextTransformer
+from engine.model.clip import CLIPDualEncoder, tower_configs
 from eval.gallery_index import GalleryIndex, GalleryIndexError, ModelIdentity, read_index, require_faiss
 
 DEFAULT_BUDGET_MB = 256
@@ -48,7 +49,7 @@ class TextTower(nn.Module):
     def __init__(self, cfg: ModelConfig, tap_layer: int) -> None:
         super().__init__()
         self.cfg, self.tap_layer = cfg, tap_layer
-        self.text_model = CLIPTextTransformer(transformers_configs(cfg)[1])
+        self.text_model = CLIPTextTransformer(tower_configs(cfg)[1])
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
 
 
@@ -168,6 +169,7 @@ class GallerySearcher:
         return F.normalize(self.tower.encode_text(self.tokenizer([text])).float(), dim=-1), truncated
 
     def search(self, text: str, top: int = 10) -> SearchResult:
+        check_query(text)
         if top < 1:
             raise GalleryIndexError(f"--top must be >= 1 (got {top})")
         query, truncated = self.encode_query(text)
@@ -194,11 +196,17 @@ class GallerySearcher:
         return from_file
 
 
+def check_query(text: str) -> None:
+    """A description to search by: an empty one would rank the gallery by nothing at all."""
+    if not text.strip():
+        raise GalleryIndexError("the description (QUERY) is empty; describe the person, e.g. 'a man in a blue jacket'")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m eval search", description="Search an indexed gallery by text.")
     parser.add_argument("--index", required=True, help="an index written by python -m eval index")
     parser.add_argument("query", help="the description, e.g. 'a woman in a red coat with a black backpack'")
-    parser.add_argument("--top", type=int, default=10, help="results to print")
+    parser.add_argument("--top", type=positive_int, default=10, help="results to print")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     add_search_arguments(parser)
     return parser.parse_args(argv)
@@ -208,15 +216,19 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a search that `search` and `serve` share."""
     parser.add_argument("--checkpoint", help="the index's model, when it has moved since indexing")
     parser.add_argument("--approximate", action="store_true", help="search the FAISS index (index --approximate)")
-    parser.add_argument("--probes", type=int, help="lists scanned by --approximate (default: a quarter of them)")
-    parser.add_argument("--memory-budget-mb", type=int, default=DEFAULT_BUDGET_MB, help="exact search's chunk memory")
+    parser.add_argument(
+        "--probes", type=positive_int, help="lists scanned by --approximate (default: a quarter of them)"
+    )
+    parser.add_argument(
+        "--memory-budget-mb", type=positive_int, default=DEFAULT_BUDGET_MB, help="exact search's chunk memory"
+    )
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        if args.top < 1:
-            raise GalleryIndexError(f"--top must be >= 1 (got {args.top})")
+        check_query(args.query)
         searcher = GallerySearcher(
             args.index,
             checkpoint=args.checkpoint,

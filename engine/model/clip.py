@@ -1,11 +1,11 @@
 """CLIP ViT-B/16 dual encoder with a layer-l tap for noise-aware masking (docs/method.md).
 
-The towers are transformers' CLIP modules, so parameter names equal `CLIPModel`'s and HF state dicts load as
-they are. Two things differ from `CLIPModel`:
+The towers are built from blocks.py, whose module and parameter names equal transformers' `CLIPModel`'s, so HF
+state dicts load as they are (transformers itself is not imported). Two things differ from `CLIPModel`:
 - the vision embedding holds one position row per patch of a rectangular grid (24x8 at 384x128), added
   directly instead of re-interpolating a square table on every forward;
-- the encoders run their blocks here, not through `CLIPEncoder`, so that the tokens after block `tap_layer`
-  can be read in the same pass, and the text encoder can stop after `tap_layer` blocks to score the
+- the encoders run their blocks here, not through an encoder's forward, so that the tokens after block
+  `tap_layer` can be read in the same pass, and the text encoder can stop after `tap_layer` blocks to score the
   unmasked caption cheaply.
 
 This module is pure: no deepspeed, no process groups. The engine wraps it.
@@ -15,32 +15,32 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPVisionConfig
-from transformers.models.clip.modeling_clip import CLIPMLP, CLIPAttention, CLIPTextTransformer, CLIPVisionTransformer
 
 from engine.config import ConfigError, ModelConfig
+from engine.model.blocks import (
+    CLIPMLP,
+    CLIPAttention,
+    CLIPTextTransformer,
+    CLIPVisionTransformer,
+    RectangularVisionEmbeddings,
+    TextTowerConfig,
+    VisionTowerConfig,
+    causal_mask,
+)
 
 
-def _attention_implementation() -> str:
-    """SDPA when this transformers build has it (fused kernels, less memory), else the eager path."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    return "sdpa" if "sdpa" in ALL_ATTENTION_FUNCTIONS else "eager"
-
-
-def transformers_configs(cfg: ModelConfig) -> tuple[CLIPVisionConfig, CLIPTextConfig]:
-    common = {"hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "dropout": 0.0}
-    common["projection_dim"] = cfg.embed_dim
-    vision = CLIPVisionConfig(
+def tower_configs(cfg: ModelConfig) -> tuple[VisionTowerConfig, TextTowerConfig]:
+    common = {"layer_norm_eps": 1e-5, "projection_dim": cfg.embed_dim}
+    vision = VisionTowerConfig(
         hidden_size=cfg.vision_width,
         intermediate_size=4 * cfg.vision_width,
         num_hidden_layers=cfg.vision_layers,
         num_attention_heads=cfg.vision_heads,
-        image_size=cfg.image_size[0],  # unused: RectangularVisionEmbeddings replaces the square table
+        image_size=cfg.image_size[0],  # a square side for the export; the rectangular grid is cfg.grid
         patch_size=cfg.patch_size,
         **common,
     )
-    text = CLIPTextConfig(
+    text = TextTowerConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.text_width,
         intermediate_size=4 * cfg.text_width,
@@ -49,45 +49,7 @@ def transformers_configs(cfg: ModelConfig) -> tuple[CLIPVisionConfig, CLIPTextCo
         max_position_embeddings=cfg.context_length,
         **common,
     )
-    implementation = _attention_implementation()
-    vision._attn_implementation = implementation
-    text._attn_implementation = implementation
     return vision, text
-
-
-class RectangularVisionEmbeddings(nn.Module):
-    """Patch + class embeddings with a (grid_h * grid_w + 1, D) position table; names match
-    `CLIPVisionEmbeddings` (class_embedding, patch_embedding, position_embedding) so HF weights load."""
-
-    def __init__(self, config: CLIPVisionConfig, grid: tuple[int, int]) -> None:
-        super().__init__()
-        self.grid = grid  # (rows, cols) of patches
-        self.patch_size = config.patch_size
-        self.embed_dim = config.hidden_size
-        self.class_embedding = nn.Parameter(torch.empty(self.embed_dim))
-        self.patch_embedding = nn.Conv2d(
-            config.num_channels, self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=False
-        )
-        self.position_embedding = nn.Embedding(grid[0] * grid[1] + 1, self.embed_dim)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = pixel_values.shape
-        if (height // self.patch_size, width // self.patch_size) != self.grid:
-            rows, cols = self.grid
-            raise ValueError(
-                f"image size {height}x{width} does not match the model's {rows * self.patch_size}x{cols * self.patch_size}"
-            )
-        weight = self.patch_embedding.weight
-        patches = self.patch_embedding(pixel_values.to(weight.dtype))  # (B, D, gh, gw)
-        patches = patches.flatten(2).transpose(1, 2)  # (B, M, D), row-major over the grid
-        cls = self.class_embedding.to(patches.dtype).expand(batch, 1, -1)  # (B, 1, D)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight  # (B, 1 + M, D)
-
-
-def _causal_mask(length: int, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive (1, 1, N, N) mask: token i attends to tokens <= i, as in CLIP's text encoder."""
-    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device)
-    return mask.triu(1)[None, None]
 
 
 class CLIPDualEncoder(nn.Module):
@@ -108,9 +70,8 @@ class CLIPDualEncoder(nn.Module):
             )
         self.cfg = cfg
         self.tap_layer = tap_layer
-        vision_config, text_config = transformers_configs(cfg)
-        self.vision_model = CLIPVisionTransformer(vision_config)
-        self.vision_model.embeddings = RectangularVisionEmbeddings(vision_config, cfg.grid)
+        vision_config, text_config = tower_configs(cfg)
+        self.vision_model = CLIPVisionTransformer(vision_config, cfg.grid)
         self.text_model = CLIPTextTransformer(text_config)
         self.visual_projection = nn.Linear(cfg.vision_width, cfg.embed_dim, bias=False)
         self.text_projection = nn.Linear(cfg.text_width, cfg.embed_dim, bias=False)
@@ -155,7 +116,7 @@ class CLIPDualEncoder(nn.Module):
         hidden = vision.pre_layrnorm(vision.embeddings(images))  # (B, 1 + M, Dv)
         tokens = None
         for depth, layer in enumerate(vision.encoder.layers, start=1):
-            hidden = layer(hidden, None, None)[0]
+            hidden = layer(hidden)[0]
             if return_tokens and depth == self.tap_layer:
                 with torch.no_grad():
                     tokens = self.visual_projection(vision.post_layernorm(hidden[:, 1:]))  # (B, M, E), CLS dropped
@@ -169,8 +130,8 @@ class CLIPDualEncoder(nn.Module):
         text = self.text_model
         if not 1 <= n_layers <= len(text.encoder.layers):
             raise ValueError(f"n_layers must be in [1, {len(text.encoder.layers)}] (got {n_layers})")
-        hidden = text.embeddings(input_ids=ids)  # (B, N, Dt)
-        mask = _causal_mask(ids.shape[1], dtype=hidden.dtype, device=hidden.device)  # (1, 1, N, N)
+        hidden = text.embeddings(ids)  # (B, N, Dt)
+        mask = causal_mask(ids.shape[1], dtype=hidden.dtype, device=hidden.device)  # (1, 1, N, N)
         tapped = None
         for depth, layer in enumerate(text.encoder.layers[:n_layers], start=1):
             hidden = layer(hidden, None, mask)[0]
