@@ -11,9 +11,11 @@ import statistics
 import sys
 import time
 
+from data.cli_errors import error_boundary
 from engine import collectives
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.benchmark_agreement", description=__doc__.splitlines()[0]

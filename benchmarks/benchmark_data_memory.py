@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.fresh_process import peak_rss_mb, run_in_fresh_process
+from data.cli_errors import error_boundary
 
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
 WORDS = [
@@ -100,12 +102,13 @@ def _reference(root: str, ranks: int, results) -> None:
     results.put((time.perf_counter() - started, peak_rss_mb() - before, f"{len(samples)} samples"))
 
 
-def main() -> None:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=1_000_000, help="x 4 captions")
     parser.add_argument("--images-per-shard", type=int, default=1000)
     parser.add_argument("--ranks", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         print(f"writing metadata for {args.images} images x 4 captions ...", flush=True)
         write_metadata(Path(tmp), args.images, args.images_per_shard)
@@ -119,7 +122,8 @@ def main() -> None:
     ):
         print(f"{name:<44}{seconds:>9.2f}{mb:>10.1f}   {held}")
     print(f"ours / baseline memory: {ours[1] / max(reference[1], 1e-9):.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

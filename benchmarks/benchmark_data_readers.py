@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from data.caption_stream import CaptionSampleStream, make_loader
+from data.cli_errors import error_boundary
 from data.manifest import Manifest
 from data.pack import pack
 from data.synthetic import generate
@@ -66,12 +68,13 @@ def shards(folder: Path, image_size: tuple[int, int]) -> float:
     return samples / (time.perf_counter() - started)
 
 
-def main() -> None:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--image-size", type=int, nargs=2, default=[384, 128])
     parser.add_argument("--repeats", type=int, default=2, help="the best of N passes is reported")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     size = tuple(args.image_size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,7 +93,8 @@ def main() -> None:
     print(f"{'layout':<28}{'samples/s':>12}{'vs baseline':>14}")
     for name, rate in rates.items():
         print(f"{name:<28}{rate:>12.1f}{rate / baseline:>13.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 
@@ -28,6 +29,7 @@ import psutil
 import torch
 
 from benchmarks.fresh_process import peak_rss_mb, run_in_fresh_process
+from data.cli_errors import error_boundary
 
 DIM = 512
 IMAGES_PER_IDENTITY = 10
@@ -121,7 +123,8 @@ def _approximate(folder: str, k: int, probes: int, results) -> None:
     results.put((statistics.median(latencies), peak_rss_mb() - before, held, found))
 
 
-def main() -> None:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--queries", type=int, default=100, help="queries for recall (and approximate latency)")
@@ -129,7 +132,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, nargs="+", default=[16], help="inverted lists scanned per query")
     parser.add_argument("--budget-mb", type=int, default=256, help="exact search's chunk memory")
     parser.add_argument("--uniform", action="store_true", help="structureless vectors instead of identities")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     k = 10
     print(
         f"{'gallery':>9} {'method':<24} {'ms/query':>9} {'held MB':>8} {'peak MB':>8} {'latency':>8} {'held':>6} "
@@ -155,7 +158,8 @@ def main() -> None:
                     f"{approx_s / exact_s:>8.3f} {approx_held / exact_held:>6.2f} {recall:>9.3f} {build_seconds:>8.1f}",
                     flush=True,
                 )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data.cli_errors import error_boundary
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from engine.config import ModelConfig
 from engine.losses import sdm_loss
@@ -136,6 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = ModelConfig()

@@ -10,11 +10,13 @@ that each rank holds the whole table. Prints seconds, the ratio and the table's 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 import torch.distributed as dist
 
+from data.cli_errors import error_boundary
 from engine.noise_table import ShardedNoiseTable, quantise
 from tests.helpers import run_on_ranks
 
@@ -55,12 +57,13 @@ def measure(rank: int, world: int, captions: int, tokens: int) -> dict[str, floa
     return {"exchange_s": exchange, "replicate_s": replicate, "table_mb": table_bytes / 2**20}
 
 
-def main() -> None:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--captions", type=int, default=4_000_000)
     parser.add_argument("--ranks", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--tokens", type=int, default=77)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"{args.captions:,} captions x {args.tokens} tokens, uint8 scores ({quantise.__module__})")
     print(f"{'ranks':>5}  {'exchange s':>10}  {'all-gather s':>12}  {'ratio':>6}  {'table MB/rank':>13}")
     for world in args.ranks:
@@ -69,7 +72,8 @@ def main() -> None:
         replicate = max(r["replicate_s"] for r in results)
         table_mb = max(r["table_mb"] for r in results)
         print(f"{world:>5}  {exchange:>10.2f}  {replicate:>12.2f}  {exchange / replicate:>6.2f}  {table_mb:>13.0f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

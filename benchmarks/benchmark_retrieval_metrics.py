@@ -10,11 +10,13 @@ process held once its features existed, so it is the metric's own memory."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 
 from benchmarks.fresh_process import peak_rss_mb, run_in_fresh_process
+from data.cli_errors import error_boundary
 from eval.metrics import BYTES_PER_RANKED_ENTRY, retrieval_metrics, retrieval_metrics_from_features
 
 DIM = 512
@@ -41,11 +43,12 @@ def _case(queries: int, gallery: int, identities: int, full_matrix: bool, budget
     results.put((time.perf_counter() - started, peak_rss_mb() - before, metrics["R1"]))
 
 
-def main() -> None:
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-mb", type=int, default=256, help="memory budget of the chunked ranking")
     parser.add_argument("--million-queries", type=int, default=256, help="queries against the 1 M gallery")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     budget = args.budget_mb << 20
     cases = [
         ("CUHK-PEDES size, full matrix", 6156, 3074, 1000, True),
@@ -65,7 +68,8 @@ def main() -> None:
     print(
         f"ICFG size as one full matrix would take about {19848 * 19848 * BYTES_PER_RANKED_ENTRY / 2**30:.0f} GB to rank"
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,21 +5,15 @@ need real training processes (a rank that trains, several ranks) are marked slow
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from safetensors.torch import save_file
 
 from data.captioning.cli import main as caption_main
 from data.captioning.stats import main as caption_stats_main
@@ -27,98 +21,24 @@ from data.cli_errors import error_boundary
 from data.pack import main as pack_main
 from data.pack_dataset import main as pack_dataset_main
 from data.synthetic.cli import main as synthetic_main
-from engine.checkpoint import export_model
-from engine.config import config_to_dict
-from engine.model import build_model
 from eval.__main__ import main as eval_main
 from eval.noise_auroc import main as noise_auroc_main
 from eval.plot import main as plot_main
 from launcher.train import main as train_main
-from tests.helpers import REPO, caption_files, tiny_model_config, write_caption_set
-
-# ---------------------------------------------------------------- running a tool in this process
-
-
-def run(main: Callable, argv: list[str]) -> tuple[int, str]:
-    """The CLI in this process: (exit status, stdout + stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as stop:  # argparse's usage errors
-            code = stop.code
-    return code, out.getvalue() + err.getvalue()
-
-
-def last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def assert_refused(result: tuple[int, str], *names: object, status: int = 2) -> str:
-    code, text = result
-    assert code == status, text[-2000:]
-    assert "Traceback" not in text, text[-2000:]
-    line = last_line(text)
-    for name in names:
-        assert str(name) in line, f"{name!r} not in the last line: {line!r}"
-    return line
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under `paths`."""
-    found = {}
-    for root in paths:
-        files = sorted(p for p in Path(root).rglob("*") if p.is_file()) if Path(root).is_dir() else [Path(root)]
-        for file in files:
-            found[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
-    return found
-
-
-# ---------------------------------------------------------------- shared inputs, built once
+from tests.helpers import (
+    REPO,
+    assert_refused,
+    build_cli_inputs,
+    caption_files,
+    digest,
+    last_line,
+    run,
+)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bad_inputs")
-    raw = write_caption_set(root / "raw", images=16)
-    from data.pack import pack
-
-    pack(raw / "imgs", caption_files(raw), root / "shards", images_per_shard=4)
-    config = {
-        "model": config_to_dict(tiny_model_config()),
-        "nam": {"tap_layer": 1},
-        "data": {"shards": str(root / "shards"), "num_workers": 0, "shuffle_buffer": 8},
-        "train": {"epochs": 1, "batch_size": 8, "run_dir": str(root / "run"), "log_every_steps": 4},
-        "eval": {"every_epochs": 0},
-        "log": {"wandb": "disabled"},
-    }
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config))
-    torch.manual_seed(0)
-    model = build_model(tiny_model_config(), tap_layer=1)
-    export_model(model, root / "export", model.cfg, tap_layer=1)
-    fake_run(root / "run", model)
-    from data.synthetic import generate
-
-    generate(root / "synthetic", seed=1, train_images=4, test_identities=3, images_per_test_identity=2, progress=False)
-    return {"root": root, "raw": raw, "shards": root / "shards", "config": root / "tiny.yaml",
-            "export": root / "export", "run": root / "run", "cuhk": root / "synthetic" / "cuhk_pedes"}  # fmt: skip
-
-
-def fake_run(run_dir: Path, model) -> None:
-    """A run folder with the layout training writes (two checkpoints, latest, config, metrics, final/); the
-    DeepSpeed state is a small torch.save archive, which is all the checks before training read of it."""
-    checkpoints = run_dir / "checkpoints"
-    for epoch in (1, 2):
-        tag = checkpoints / f"epoch{epoch:04d}"
-        export_model(model, tag, model.cfg, tap_layer=1)
-        (tag / "train_state.json").write_text(json.dumps({"epoch": epoch, "batches_done": 0, "world_size": 1}))
-        save_file({"torch_rng": torch.get_rng_state()}, str(tag / "rank00000_state.safetensors"))
-        torch.save({"module": {"w": torch.zeros(4)}, "global_steps": epoch * 8}, tag / "mp_rank_00_model_states.pt")
-    (checkpoints / "latest").write_text("epoch0002")
-    export_model(model, run_dir / "final", model.cfg, tap_layer=1)
-    (run_dir / "config.yaml").write_text("train: {epochs: 2}\n")
-    (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "step": 1, "loss": 2.0, "lr": 0.1, "samples_per_s": 3.0}\n')
+    return build_cli_inputs(tmp_path_factory.mktemp("bad_inputs"))
 
 
 @pytest.fixture(autouse=True)
