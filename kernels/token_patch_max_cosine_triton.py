@@ -112,6 +112,19 @@ def _is_interpreted() -> bool:
     return not isinstance(_token_patch_max_cosine_kernel, triton.runtime.JITFunction)
 
 
+def interpreter_runs_with_this_numpy() -> bool:
+    """False for Triton 3.6's interpreter under NumPy 2.4 or newer: it turns a kernel's scalar arguments (stored as
+    1-element arrays) into ints with int(), which NumPy 2.4 refuses for arrays of one dimension; Triton 3.7 squeezes
+    them first. Compiled kernels on a GPU do not take this path."""
+    import numpy
+
+    def release(version: str) -> tuple[int, int]:
+        major, minor = version.split(".")[:2]
+        return int(major), int(minor)
+
+    return not (release(triton.__version__) < (3, 7) and release(numpy.__version__) >= (2, 4))
+
+
 def token_patch_max_cosine_triton(
     text_tokens: torch.Tensor, image_tokens: torch.Tensor, text_valid: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -141,6 +154,13 @@ def token_patch_max_cosine_triton(
     out = torch.empty((batch, n), dtype=torch.float32, device=text_tokens.device)
     if batch == 0 or n == 0:
         return out
+    if text_tokens.device.type != "cuda" and not interpreter_runs_with_this_numpy():
+        import numpy
+
+        raise ValueError(
+            f"token_patch_max_cosine: Triton {triton.__version__}'s interpreter cannot run with NumPy "
+            f"{numpy.__version__} (it needs Triton 3.7+ or NumPy < 2.4); use impl='auto' or 'torch' on CPU"
+        )
     if text_valid is None:
         valid, stride_vb, stride_vn = out, 0, 0  # never read: HAS_VALID=False prunes the load
     else:

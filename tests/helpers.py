@@ -30,7 +30,9 @@ from engine.config import AugmentConfig, ModelConfig
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
 REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = Path(sys.executable).with_name("deepspeed")  # the launcher of this venv
+# The deepspeed launcher of this interpreter, as a module: it also runs where DeepSpeed was installed with --target
+# (an offline install onto a PyTorch image), which puts no `deepspeed` script beside the interpreter.
+DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner"]
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30), "yellow": (230, 230, 30)}
 
@@ -225,6 +227,25 @@ TINY_REFERENCE = ReferenceSizes(
     context_length=24,
     tap_layer=1,
 )
+
+
+# ---------------------------------------------------------------- transformers 4.57 and 5.x side by side
+
+
+def projected(output: Any) -> torch.Tensor:
+    """`CLIPModel.get_image_features` / `get_text_features`: a tensor in transformers 4.x, an output whose
+    `pooler_output` holds the projected features in 5.x."""
+    return getattr(output, "pooler_output", output)
+
+
+def call_clip_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """transformers' `CLIPEncoderLayer` without masks: (hidden, mask, causal_mask) -> 1-tuple in 4.57, (hidden,
+    mask) -> a tensor in 5.x."""
+    import inspect
+
+    masks = (None, None) if "causal_attention_mask" in inspect.signature(layer.forward).parameters else (None,)
+    out = layer(hidden, *masks)
+    return out[0] if isinstance(out, tuple) else out
 
 
 # ---------------------------------------------------------------- running a CLI in this process, and its inputs

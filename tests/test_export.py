@@ -14,7 +14,7 @@ from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from engine.checkpoint import export_model
 from engine.model import build_model
 from eval.export import export_transformers, main, square_position_table, square_side
-from tests.helpers import tiny_model_config
+from tests.helpers import projected, tiny_model_config
 
 CAPTIONS = [
     "A woman in a red coat, black trousers and white sneakers.",
@@ -29,7 +29,9 @@ CONTEXT = 16  # tiny_model_config's context length; the first two captions are t
 def _resampled_by_transformers(square: torch.Tensor, grid: tuple[int, int], patch: int = 16) -> torch.Tensor:
     """What transformers' interpolate_pos_encoding makes of `square` for a (rows * patch, cols * patch) image."""
     side = square_side(grid) or max(grid)
-    config = CLIPVisionConfig(hidden_size=square.shape[1], image_size=side * patch, patch_size=patch)
+    config = CLIPVisionConfig(
+        hidden_size=square.shape[1], num_attention_heads=1, image_size=side * patch, patch_size=patch
+    )
     embeddings = CLIPVisionEmbeddings(config)
     embeddings.position_embedding.weight.data.copy_(square)
     tokens = torch.zeros(1, 1 + grid[0] * grid[1], square.shape[1])  # (1, 1 + M, D), only its shape is read
@@ -71,12 +73,13 @@ def test_from_pretrained_gives_our_features(exported: tuple) -> None:
     model, out_dir = exported
     hf_model = CLIPModel.from_pretrained(out_dir).eval()
     images = torch.randn(4, 3, *model.cfg.image_size)  # (B, 3, H, W)
-    hf_images = hf_model.get_image_features(pixel_values=images, interpolate_pos_encoding=True)
+    hf_images = projected(hf_model.get_image_features(pixel_values=images, interpolate_pos_encoding=True))
     torch.testing.assert_close(hf_images, model.encode_image(images), atol=1e-5, rtol=0)
     ids = CLIPTokenizer(context_length=CONTEXT)(CAPTIONS)  # (B, N), zero-padded after EOT
-    torch.testing.assert_close(hf_model.get_text_features(input_ids=ids), model.encode_text(ids), atol=1e-5, rtol=0)
+    hf_texts = projected(hf_model.get_text_features(input_ids=ids))
+    torch.testing.assert_close(hf_texts, model.encode_text(ids), atol=1e-5, rtol=0)
     hf_ids = HFCLIPTokenizer.from_pretrained(out_dir)(CAPTIONS, padding="max_length", truncation=True)["input_ids"]
-    hf_texts = hf_model.get_text_features(input_ids=torch.tensor(hf_ids))  # padded with EOT instead of 0
+    hf_texts = projected(hf_model.get_text_features(input_ids=torch.tensor(hf_ids)))  # padded with EOT, not 0
     torch.testing.assert_close(hf_texts, model.encode_text(ids), atol=1e-5, rtol=0)
 
 
@@ -98,7 +101,9 @@ def test_cli_exports_a_checkpoint(tmp_path: Path, capsys) -> None:
     assert main(["--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "hf")]) == 0
     assert "interpolate_pos_encoding=True" in capsys.readouterr().out
     names = {p.name for p in (tmp_path / "hf").iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "preprocessor_config.json"} <= names
+    assert {"config.json", "model.safetensors", "preprocessor_config.json"} <= names
+    # the vocabulary as vocab.json + merges.txt (transformers 4.x) or as one tokenizer.json (5.x)
+    assert {"vocab.json", "merges.txt"} <= names or "tokenizer.json" in names, names
     assert CLIPModel.from_pretrained(tmp_path / "hf").config.vision_config.image_size == 96
 
 

@@ -86,7 +86,11 @@ class CLIPAttention(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, N, hs)
 
-        q, k, v = heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)), heads(self.v_proj(hidden_states))
+        q, k, v = (
+            heads(self.q_proj(hidden_states)),
+            heads(self.k_proj(hidden_states)),
+            heads(self.v_proj(hidden_states)),
+        )
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.scale)  # (B, nh, N, hs)
         out = out.transpose(1, 2).reshape(batch, length, self.embed_dim)  # (B, N, D)
         return self.out_proj(out)
