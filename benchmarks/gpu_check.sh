@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one go (about 8 minutes on one H200), from the repository root after `make venv`:
+# Everything that needs a GPU, in one go (about 8 minutes on one H200), from the repository root:
 #
-#   bash benchmarks/gpu_check.sh [OUT_DIR]        (default runs/gpu_check_<UTC time>; it must not exist)
+#   bash benchmarks/gpu_check.sh [--python PY] [--wheelhouse DIR | --site DIR] [OUT_DIR]
 #
+#   --python PY        the interpreter (or PYTHON=...); default .venv/bin/python when it exists, else python3
+#                      (a PyTorch image's own Python, with its torch, triton and NVIDIA libraries)
+#   --wheelhouse DIR   wheels from `python -m launcher.wheelhouse` (or WHEELHOUSE=...): installed offline with
+#                      pip --no-index --no-deps into SITE first, which then goes on PYTHONPATH
+#   --site DIR         a folder such wheels were installed into already (or SITE=...); with --wheelhouse, where
+#                      to install them (default .gpu-check-site, replaced)
+#   OUT_DIR            default runs/gpu_check_<UTC time>; it must not exist
+#
+# 0. the versions found against the ranges pyproject.toml declares (a missing runtime dependency stops here)
 # 1. nvidia-smi facts and library versions
 # 2. the CUDA-only tests: the compiled Triton kernel against the reference, fp32/fp16/bf16, real and boundary shapes
 # 3. the kernel benchmark against einsum+max, with GB/s and the share of the HBM peak
@@ -16,17 +25,49 @@
 # Without CUDA it says so and exits 0 having written nothing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-.venv/bin/python}
+PY=${PYTHON:-}
+WHEELHOUSE=${WHEELHOUSE:-}
+SITE=${SITE:-}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
-
-if [[ ! -x $PY ]]; then
-  echo "gpu_check: $PY not found; run make venv first (or set PYTHON)" >&2
-  exit 2
+fail() { echo "gpu_check: $*" >&2; exit 2; }
+while (($#)); do
+  case $1 in
+    --python) PY=${2:-}; shift 2 || fail "--python needs an interpreter" ;;
+    --wheelhouse) WHEELHOUSE=${2:-}; shift 2 || fail "--wheelhouse needs a folder" ;;
+    --site) SITE=${2:-}; shift 2 || fail "--site needs a folder" ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+    -*) fail "unknown option $1 (see --help)" ;;
+    *) break ;;
+  esac
+done
+if [[ -z $PY ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if ! command -v "$PY" >/dev/null; then
+  fail "$PY not found; run make venv first, or name the interpreter with --python (or PYTHON)"
+fi
+if [[ -n $WHEELHOUSE ]] && ! compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+  fail "--wheelhouse $WHEELHOUSE holds no .whl files (python -m launcher.wheelhouse writes them)"
+fi
+if [[ -n $SITE && -z $WHEELHOUSE && ! -d $SITE ]]; then
+  fail "--site $SITE is not a folder"
 fi
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-  echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False); nothing to run"
+  echo "gpu_check: no CUDA device here (torch.cuda.is_available() is False with $PY); nothing to run"
   exit 0
 fi
+if [[ -n $WHEELHOUSE ]]; then
+  SITE=${SITE:-.gpu-check-site}
+  rm -rf "$SITE"
+  echo "== installing $WHEELHOUSE into $SITE (offline)"
+  "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" "$WHEELHOUSE"/*.whl ||
+    fail "pip could not install $WHEELHOUSE into $SITE"
+fi
+if [[ -n $SITE ]]; then
+  export PYTHONPATH="$(cd "$SITE" && pwd)${PYTHONPATH:+:$PYTHONPATH}"
+fi
+echo "== versions ($PY) against pyproject.toml's ranges"
+"$PY" -m benchmarks.gpu_check_report check-versions || exit 2
 
 OUT=${1:-runs/gpu_check_$(date -u +%Y%m%dT%H%M%SZ)}
 if [[ -e $OUT ]]; then
@@ -35,7 +76,7 @@ if [[ -e $OUT ]]; then
 fi
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1
-DEEPSPEED=$(dirname "$PY")/deepspeed
+DEEPSPEED=("$PY" -m deepspeed.launcher.runner)  # as a module: a --target install has no deepspeed script
 started=$(date +%s)
 
 BUDGET_S=${BUDGET_S:-480}  # the whole check; a part gets at most what is left of it
@@ -69,8 +110,8 @@ part reference_step 90 env CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" "$P
 part training_data 60 "$PY" -m benchmarks.gpu_check_report data "$OUT/data"
 TRAIN=(--config configs/pretrain_luperson_mllm.yaml "data.shards=$OUT/data/shards" "train.run_dir=$OUT/train"
   model.pretrained=null train.log_every_steps=10 eval.every_epochs=0)
-part training 150 "$DEEPSPEED" --num_gpus 1 --master_port 29641 --module launcher.train "${TRAIN[@]}" train.max_steps=30
-part training_resume 90 "$DEEPSPEED" --num_gpus 1 --master_port 29642 --module launcher.train "${TRAIN[@]}" \
+part training 150 "${DEEPSPEED[@]}" --num_gpus 1 --master_port 29641 --module launcher.train "${TRAIN[@]}" train.max_steps=30
+part training_resume 90 "${DEEPSPEED[@]}" --num_gpus 1 --master_port 29642 --module launcher.train "${TRAIN[@]}" \
   train.max_steps=35 --resume latest
 
 "$PY" -m benchmarks.gpu_check_report summary "$OUT" --seconds $(($(date +%s) - started))

@@ -1,6 +1,8 @@
 """The helpers of benchmarks/gpu_check.sh: library versions, the synthetic training shards, and the summary.
 
 python -m benchmarks.gpu_check_report versions            library versions as JSON on stdout
+python -m benchmarks.gpu_check_report check-versions      each declared dependency against its range (exit 2 if
+                                                          a required one is missing)
 python -m benchmarks.gpu_check_report data DIR            synthetic shards for 35 steps of 64 under DIR/shards
 python -m benchmarks.gpu_check_report summary OUT_DIR     OUT_DIR/gpu_check.json and gpu_check.txt from the parts
 """
@@ -11,7 +13,9 @@ import argparse
 import importlib.metadata
 import json
 import platform
+import re
 import sys
+import tomllib
 import xml.etree.ElementTree as ElementTree
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +40,58 @@ def versions() -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None,
     }
+
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def declared_ranges(pyproject: Path = PYPROJECT) -> dict[str, tuple[str, str | None]]:
+    """Distribution -> (its declared range, None for a runtime dependency or the extra that names it)."""
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    groups = [(None, project["dependencies"])]
+    groups += [(extra, needs) for extra, needs in project["optional-dependencies"].items() if extra != "dev"]
+    ranges = {"python": (project["requires-python"], None)}
+    for extra, requirements in groups:
+        for requirement in requirements:
+            name, specifier = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", requirement).groups()
+            ranges[name] = (specifier, extra)
+    return ranges
+
+
+def check_versions(ranges: dict[str, tuple[str, str | None]]) -> tuple[list[tuple[str, str, str, str]], bool]:
+    """(name, found, range, verdict) per declared dependency, and whether every runtime one is there. A version
+    outside its range is reported, not refused: the ranges are what was tested, and a newer cluster stack may work."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    rows, complete = [], True
+    for name, (specifier, extra) in ranges.items():
+        try:
+            found = platform.python_version() if name == "python" else importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found = None
+        if found is None:
+            complete &= extra is not None
+            verdict = "MISSING" if extra is None else f"not installed (only for the '{extra}' extra)"
+        else:
+            verdict = "ok" if Version(found) in SpecifierSet(specifier) else "outside the tested range"
+        rows.append((name, found or "-", specifier, verdict))
+    return rows, complete
+
+
+def print_version_check() -> int:
+    rows, complete = check_versions(declared_ranges())
+    for name, found, specifier, verdict in rows:
+        print(f"{name:<22}{found:<22}{specifier:<20}{verdict}")
+    if not complete:
+        missing = ", ".join(name for name, _, _, verdict in rows if verdict == "MISSING")
+        print(
+            f"error: {missing} not found by {sys.executable}; install a wheelhouse "
+            "(python -m launcher.wheelhouse, docs/cluster.md) and put its folder on PYTHONPATH",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 def make_data(folder: Path) -> None:
@@ -145,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check_report", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("versions")
+    commands.add_parser("check-versions")
     data = commands.add_parser("data")
     data.add_argument("folder", type=Path)
     report = commands.add_parser("summary")
@@ -153,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "versions":
         print(json.dumps(versions(), indent=2))
+    elif args.command == "check-versions":
+        return print_version_check()
     elif args.command == "data":
         make_data(args.folder)
     else:

@@ -26,7 +26,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 read -r -a overrides <<<"${OVERRIDES:-}"
 
 fail() { echo "error: $*" >&2; exit 2; }
-[[ -x $PYTHON ]] || fail "PYTHON=$PYTHON is not an executable python (make venv creates .venv)"
+command -v "$PYTHON" >/dev/null || fail "PYTHON=$PYTHON is not an executable python (make venv creates .venv; on an image, PYTHON=python3)"
 [[ -f $CONFIG ]] || fail "CONFIG=$CONFIG: no such config file"
 [[ $MASTER_PORT =~ ^[0-9]+$ ]] || fail "MASTER_PORT must be a port number (got '$MASTER_PORT')"
 

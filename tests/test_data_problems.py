@@ -151,7 +151,7 @@ def test_two_ranks_over_damaged_shards_end_the_epoch_together_without_losing_a_b
     config["train"] |= {"agree_every_steps": agree_every, "log_every_steps": 1}
     config["eval"] = {"every_epochs": 0}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "launcher.train"]
+    command = [*DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "launcher.train"]
     result = subprocess.run(
         [*command, "--config", str(tmp_path / "config.yaml")], cwd=REPO, capture_output=True, text=True, timeout=900
     )

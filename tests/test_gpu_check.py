@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gpu_check_report import render, summary, versions
+from benchmarks.gpu_check_report import check_versions, declared_ranges, render, summary, versions
 from benchmarks.reference_step import time_reference_steps
 from tests.helpers import REPO, TINY_REFERENCE
 
@@ -34,17 +34,80 @@ def test_without_cuda_it_says_so_and_writes_nothing(tmp_path: Path):
     assert not out.exists()
 
 
-@pytest.mark.slow
-def test_a_missing_interpreter_is_one_line(tmp_path: Path):
-    result = subprocess.run(
-        ["bash", str(SCRIPT)],
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
         cwd=REPO,
-        env=os.environ | {"PYTHON": str(tmp_path / "nothing" / "python")},
+        env=os.environ | (env or {}),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
-    assert result.returncode == 2 and result.stderr.strip().endswith("run make venv first (or set PYTHON)")
+
+
+@pytest.mark.slow
+def test_a_missing_interpreter_is_one_line(tmp_path: Path):
+    for result in (
+        check(env={"PYTHON": str(tmp_path / "nothing" / "python")}),
+        check("--python", str(tmp_path / "nothing" / "python")),
+    ):
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().endswith("name the interpreter with --python (or PYTHON)"), result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--wheelhouse", "EMPTY", "OUT"], "holds no .whl files"),
+        (["--site", "NOWHERE", "OUT"], "is not a folder"),
+        (["--wheelhouse"], "--wheelhouse needs a folder"),
+        (["--fast", "OUT"], "unknown option --fast"),
+    ],
+)
+def test_bad_options_are_one_line_before_anything_is_written(tmp_path: Path, args: list[str], message: str):
+    (tmp_path / "empty").mkdir()
+    places = {"EMPTY": tmp_path / "empty", "NOWHERE": tmp_path / "nowhere", "OUT": tmp_path / "out"}
+    result = check("--python", sys.executable, *[str(places.get(a, a)) for a in args])
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_the_interpreter_and_wheelhouse_options_without_cuda_write_nothing(tmp_path: Path):
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    (wheelhouse / "example-1.0-py3-none-any.whl").write_bytes(b"")
+    site = tmp_path / "site"
+    result = check(
+        "--python", sys.executable, "--wheelhouse", str(wheelhouse), "--site", str(site), str(tmp_path / "o")
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"no CUDA device here (torch.cuda.is_available() is False with {sys.executable})" in result.stdout
+    assert not site.exists() and not (tmp_path / "o").exists()
+
+
+def test_the_version_check_reads_the_declared_ranges(tmp_path: Path):
+    """Every declared dependency gets a row; a runtime one that is missing fails the check, an optional one not."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nrequires-python = ">=3.11"\ndependencies = ["torch>=2.11", "no-such-package>=1"]\n'
+        '[project.optional-dependencies]\nwandb = ["another-missing-one>=1"]\ndev = ["pytest"]\n'
+    )
+    ranges = declared_ranges(pyproject)
+    assert ranges == {
+        "python": (">=3.11", None),
+        "torch": (">=2.11", None),
+        "no-such-package": (">=1", None),
+        "another-missing-one": (">=1", "wandb"),
+    }
+    rows, complete = check_versions(ranges)
+    verdicts = {name: verdict for name, _, _, verdict in rows}
+    assert verdicts["torch"] == "ok" and verdicts["no-such-package"] == "MISSING" and not complete
+    assert verdicts["another-missing-one"] == "not installed (only for the 'wandb' extra)"
+    rows, complete = check_versions({"torch": ("<2", None)})
+    assert rows[0][3] == "outside the tested range" and complete  # reported, not refused
 
 
 TINY_CONFIG = """

@@ -54,7 +54,7 @@ def rank_peak_rss(launcher: subprocess.Popen) -> dict[int, int]:
 
 
 def train_paper_config(shards: Path, run_dir: Path, *extra: str, port: int) -> tuple[str, dict[int, int], float]:
-    command = [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "launcher.train"]
+    command = [*DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), "--module", "launcher.train"]
     command += [
         "--config",
         str(PAPER_CONFIG),

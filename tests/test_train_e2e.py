@@ -34,7 +34,7 @@ def train_in_one_process(config: Path, run_dir: Path, *extra: str) -> subprocess
 
 def on_two_ranks(module: str, *args: str) -> subprocess.CompletedProcess:
     """`deepspeed --num_gpus 2 --module MODULE ARGS` on this CPU machine (gloo)."""
-    return run([str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(free_port()), "--module", module, *args])
+    return run([*DEEPSPEED, "--num_gpus", "2", "--master_port", str(free_port()), "--module", module, *args])
 
 
 def train_on_two_ranks(config: Path, run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -275,7 +275,7 @@ def test_a_run_leaves_no_shared_memory_segments_behind(workspace):
     port = free_port()
     run_dir = workspace["root"] / "shm"
     run(
-        [str(DEEPSPEED), "--num_gpus", "2", "--master_port", str(port), "--module", "launcher.train"]
+        [*DEEPSPEED, "--num_gpus", "2", "--master_port", str(port), "--module", "launcher.train"]
         + ["--config", str(workspace["config"]), f"train.run_dir={run_dir}", "train.max_steps=2", "eval.every_epochs=0"]
     )
     assert (run_dir / "checkpoints" / "latest").read_text() == "step00000002"
