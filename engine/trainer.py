@@ -18,7 +18,7 @@ from tqdm import tqdm
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
 from data.order import derived_seed
-from data.outputs import write_text_atomically
+from data.outputs import claim_folder, folder_owner, write_text_atomically
 from data.position import DataPosition
 from engine import collectives, preemption
 from engine.checkpoint import (
@@ -39,6 +39,7 @@ from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_branch
 from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
+from engine.run_folder import TOOL as RUN_FOLDER_TOOL
 from engine.schedule import build_optimizer, build_scheduler, stepped_per_epoch
 from engine.step_agreement import LookaheadBatches
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
@@ -189,6 +190,8 @@ def train(
         )
     if rank == 0:  # only now: the data, the weights and the checkpoint have all been read without an error
         run_dir.mkdir(parents=True, exist_ok=True)
+        if folder_owner(run_dir) is None:
+            claim_folder(run_dir, RUN_FOLDER_TOOL)
         write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
 
     log = MetricsLog(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,3 +248,43 @@ def test_output_in_a_missing_folder(world, tmp_path, module, action):
     line = assert_refused(try_output(world, module, action, target), action.option_strings[0])
     assert_says(line, action, "missing")
     assert not (tmp_path / "absent").exists()
+
+
+# ---------------------------------------------------------------- training's output: the config key train.run_dir
+
+
+def train(world, run_dir: Path, *extra: object) -> tuple[int, str]:
+    return run(ENTRY_POINTS["launcher.train"], ["--config", world["config"], f"train.run_dir={run_dir}", *extra])
+
+
+def test_train_run_dir_is_an_existing_file(world, tmp_path):
+    (tmp_path / "notes").write_text("mine")
+    before = digest(tmp_path / "notes")
+    assert_refused(train(world, tmp_path / "notes"), "train.run_dir", "is an existing file")
+    assert digest(tmp_path / "notes") == before
+
+
+@pytest.mark.parametrize("owner", [None, "python -m data.pack"])
+def test_train_run_dir_holds_what_training_did_not_write(world, tmp_path, owner):
+    from data.outputs import claim_folder
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("my own settings")  # training would replace it
+    if owner:
+        claim_folder(folder, owner)
+    before = digest(folder)
+    line = assert_refused(train(world, folder), "train.run_dir", "--overwrite")
+    assert ("config.yaml" if owner is None else owner) in line
+    assert digest(folder) == before
+
+
+@pytest.mark.parametrize("where", ["shards", "inside", "holding"])
+def test_train_run_dir_overlaps_its_shards(world, tmp_path, where):
+    shards = tmp_path / "data" / "shards"
+    shutil.copytree(world["shards"], shards)
+    run_dir = {"shards": shards, "inside": shards / "run", "holding": tmp_path / "data"}[where]
+    before = digest(tmp_path / "data")
+    line = assert_refused(train(world, run_dir, f"data.shards={shards}", "--overwrite"), "train.run_dir")
+    assert "data.shards" in line
+    assert digest(tmp_path / "data") == before
