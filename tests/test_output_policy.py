@@ -124,8 +124,8 @@ def test_every_output_like_argument_is_declared(module):
 @dataclass
 class Command:
     argv: list[object]  # everything but the output flag: enough to reach the output checks
-    input: Path | None = None  # an existing file (for file outputs) or folder the command reads; None: it reads none
-    input_folder: Path | None = None  # a folder it reads, for folder outputs
+    input: Path | None = None  # a file the command reads, tried for file outputs; None: it reads none
+    input_folder: Path | None = None  # a folder it reads, tried for folder outputs
     suffix: str = ".json"  # of a file output
 
 
