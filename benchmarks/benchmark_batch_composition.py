@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     output_argument(parser, "--json", kind="file", help="also write the figures here (must not exist)")
     args = parser.parse_args(argv)
     if args.json:
-        check_output_file(args.json, flag="--json")  # before the work
+        check_output_file(args.json, flag="--json", protect=[args.shards])  # before the work
     result = run(args)
     passed = report(result)
     if args.json:

@@ -346,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         parser.error("--peak-tflops must be > 0")
     if args.out is not None:
-        check_output_file(args.out, flag="--out")
+        check_output_file(args.out, flag="--out", protect=[Path(args.config)])
     return args
 
 

@@ -20,6 +20,8 @@ import xml.etree.ElementTree as ElementTree
 from datetime import UTC, datetime
 from pathlib import Path
 
+from data.cli_errors import error_boundary
+
 TRAIN_IMAGES = 576  # x 4 captions = 2,304 samples: 36 steps of 64 on one GPU (30, then 5 more after the resume)
 LIBRARIES = ("torch", "triton", "deepspeed", "transformers", "numpy", "webdataset", "mosaicml-streaming")
 
@@ -197,6 +199,7 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+@error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check_report", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)

@@ -56,12 +56,20 @@ def check_data(config: Config, *, world: int) -> None:
         )
 
 
+def check_run_dir_apart_from_data(run_dir: Path, shards: Path) -> None:
+    """Training writes into its run folder: never the shards it reads, a folder inside them, or one holding them."""
+    run, data = run_dir.resolve(), shards.resolve()
+    if run == data or data in run.parents or run in data.parents:
+        raise ConfigError(f"train.run_dir {run_dir} overlaps data.shards {shards}; choose a run folder outside it")
+
+
 def check_before_training(config: Config, *, resume: str | None, overwrite: bool) -> str | None:
     """Runs every check; returns the checkpoint folder to resume from (None: a fresh start)."""
     rank, world = int(os.environ.get("RANK", "0") or 0), world_size()
     run_dir = Path(config.train.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.run_dir {run_dir} is an existing file; choose a folder")
+    check_run_dir_apart_from_data(run_dir, Path(config.data.shards))
     check_machine(config)
     check_paths(config)
     tag_dir = resume_checkpoint(resume, run_dir, announce=rank == 0)

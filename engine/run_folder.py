@@ -1,8 +1,10 @@
 """The run folder's state and the checkpoint to resume, checked before training writes anything.
 
 A fresh start (no --resume) into a folder that already holds a run is refused: the run would overwrite its
-checkpoints, repoint `latest` and append to its metrics. `--overwrite` moves the old run aside to a timestamped
-sibling (RUN_DIR.old-YYYYmmdd-HHMMSS) and starts over; nothing is deleted.
+checkpoints, repoint `latest` and append to its metrics. So is one into a non-empty folder that training did not
+make (it marks its run folders with data.outputs' OWNER_FILE): training would write config.yaml and metrics.jsonl
+among files it does not own. `--overwrite` moves the old folder aside to a timestamped sibling
+(RUN_DIR.old-YYYYmmdd-HHMMSS) and starts over; nothing is deleted.
 
 A checkpoint to resume is read before any process group exists: its small files are parsed and DeepSpeed's files
 opened as the zip archives they are, so a damaged file is named in one line. When the damaged checkpoint is the
@@ -20,12 +22,13 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from data.outputs import move_aside
+from data.outputs import folder_owner, move_aside
 from engine.checkpoint import LATEST, MODEL_CONFIG_FILE, MODEL_FILE, TRAIN_STATE_FILE, CheckpointError, resolve_tag_dir
 from engine.config import Config, ConfigError, config_to_dict
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
+TOOL = "python -m launcher.train"  # the owner recorded in every run folder training makes
 
 
 class RunFolderError(ConfigError):
@@ -44,6 +47,18 @@ def existing_run(run_dir: Path) -> str | None:
     return None
 
 
+def foreign_files(run_dir: Path) -> str | None:
+    """What makes `run_dir` a folder that training did not make (a file in it, or the tool that wrote it), or
+    None for a missing or empty folder, or one that training made."""
+    owner = folder_owner(run_dir)
+    if owner == TOOL:
+        return None
+    if owner is not None:
+        return f"the output of `{owner}`"
+    first = next(iter(sorted(run_dir.iterdir())), None)
+    return None if first is None else f"files training did not write ({first.name})"
+
+
 def prepare_run_folder(run_dir: Path, *, resume: str | None, overwrite: bool, rank: int = 0) -> Path | None:
     """Checks `run_dir` for the start asked for; with `overwrite` rank 0 moves an old run aside and returns where
     it went. Raises RunFolderError otherwise."""
@@ -55,18 +70,23 @@ def prepare_run_folder(run_dir: Path, *, resume: str | None, overwrite: bool, ra
         raise RunFolderError("--overwrite starts the run over; it cannot be combined with --resume")
     if resume or not run_dir.is_dir():
         return None
-    found = existing_run(run_dir)
-    if found is None:
+    found, foreign = existing_run(run_dir), foreign_files(run_dir)
+    if found is None and foreign is None:
         return None
-    if not overwrite:
+    if not overwrite and found is not None:
         raise RunFolderError(
             f"train.run_dir {run_dir} already holds {found}; pass --resume auto to continue it, --overwrite to move "
             "it aside and start over, or choose another train.run_dir"
         )
+    if not overwrite:
+        raise RunFolderError(
+            f"train.run_dir {run_dir} holds {foreign}; choose another train.run_dir, or pass --overwrite to move "
+            "the folder aside and start there"
+        )
     if rank != 0:  # rank 0 moves it; the others only start once the process group (after rank 0's move) exists
         return None
     moved = move_aside(run_dir)
-    print(f"--overwrite: moved the old run {run_dir} to {moved}", flush=True)
+    print(f"--overwrite: moved the old {'run' if found else 'folder'} {run_dir} to {moved}", flush=True)
     return moved
 
 

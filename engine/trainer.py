@@ -18,7 +18,7 @@ from tqdm import tqdm
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
 from data.order import derived_seed
-from data.outputs import write_text_atomically
+from data.outputs import claim_folder, folder_owner, write_text_atomically
 from data.position import DataPosition
 from engine import collectives, preemption
 from engine.checkpoint import (
@@ -34,11 +34,13 @@ from engine.config import Config, EvalConfig, config_to_dict
 from engine.data_health import check_epoch_data
 from engine.data_setup import build_caption_stream
 from engine.deepspeed_setup import deepspeed_config, init_distributed
+from engine.environment import ENVIRONMENT_FILE, run_environment
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_branch
 from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
+from engine.run_folder import TOOL as RUN_FOLDER_TOOL
 from engine.schedule import build_optimizer, build_scheduler, stepped_per_epoch
 from engine.step_agreement import LookaheadBatches
 from engine.training_model import build_training_model, dual_encoder, parameter_groups
@@ -154,7 +156,7 @@ def train(
     run_dir = Path(config.train.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     torch.manual_seed(config.train.seed)
-    if config.train.cpu_threads:  # a fixed count makes CPU runs bitwise reproducible
+    if config.train.cpu_threads:  # a fixed count makes CPU runs bitwise reproducible on one machine
         torch.set_num_threads(config.train.cpu_threads)
 
     manifest = Manifest.load(config.data.shards, remote=config.data.remote)
@@ -189,7 +191,11 @@ def train(
         )
     if rank == 0:  # only now: the data, the weights and the checkpoint have all been read without an error
         run_dir.mkdir(parents=True, exist_ok=True)
+        if folder_owner(run_dir) is None:
+            claim_folder(run_dir, RUN_FOLDER_TOOL)
         write_text_atomically(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        # what the numbers depend on beyond the config and the seed (CPU, libraries, threads), of this start
+        write_text_atomically(run_dir / ENVIRONMENT_FILE, json.dumps(run_environment(), indent=1) + "\n")
 
     log = MetricsLog(
         run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)

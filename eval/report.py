@@ -105,8 +105,11 @@ def write_rankings(path: Path, split: RetrievalSplit, similarity: torch.Tensor, 
     path.write_text(json.dumps(rankings))
 
 
-def results_json(*, dataset: str, split: RetrievalSplit, source: dict, metrics: dict, timings: dict) -> str:
-    """The `--out` file: what was evaluated (data, weights and their hash, model config), metrics, timings."""
+def results_json(
+    *, dataset: str, split: RetrievalSplit, source: dict, metrics: dict, timings: dict, environment: dict
+) -> str:
+    """The `--out` file: what was evaluated (data, weights and their hash, model config), metrics, timings, and the
+    CPU, libraries and threads they were computed with."""
     result = {
         "dataset": dataset,
         "split": split.split,
@@ -118,5 +121,6 @@ def results_json(*, dataset: str, split: RetrievalSplit, source: dict, metrics: 
         "metrics": metrics,
         "timings": timings,  # encode_seconds, metric_seconds
         "seconds": timings["encode_seconds"] + timings["metric_seconds"],
+        "environment": environment,  # engine.environment.run_environment
     }
     return json.dumps(result, indent=1)

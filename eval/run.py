@@ -31,6 +31,7 @@ from data.outputs import (
 from engine import collectives
 from engine.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 from engine.config import ConfigError, load_config
+from engine.environment import run_environment
 from engine.model import build_model
 from eval import report
 from eval.encode import encode_split
@@ -145,7 +146,14 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.out:
         write_text_atomically(
             args.out,
-            report.results_json(dataset=args.dataset, split=split, source=source, metrics=metrics, timings=timings),
+            report.results_json(
+                dataset=args.dataset,
+                split=split,
+                source=source,
+                metrics=metrics,
+                timings=timings,
+                environment=run_environment(),
+            ),
         )
     if args.save_rankings or args.html:
         similarity = (text_feats @ image_feats.t()).cpu()  # (Q, G) cosine, only for the per-query outputs

@@ -353,6 +353,12 @@ def run_row(
             if (run_dir / "checkpoints" / "epoch0001").is_dir() and len(epochs) > 1:
                 result["masking_epoch_2"] = masking_in_epoch_2(run_dir, raw, shards, 0.15, size.sweep_captions)
     result |= {"row": row.name, "seed": seed, "seconds": round(time.perf_counter() - started, 1)}
+    # what the figures depend on beyond the seed: this process's (the evaluation's) and the training run's
+    from engine.environment import ENVIRONMENT_FILE, run_environment
+
+    result["environment"] = run_environment()
+    if row.trains and (result_path.parent / "run" / ENVIRONMENT_FILE).is_file():
+        result["training_environment"] = json.loads((result_path.parent / "run" / ENVIRONMENT_FILE).read_text())
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
     if row.trains and not keep_checkpoints:

@@ -91,3 +91,25 @@ def test_a_row_without_wrong_words_reports_no_auroc_rather_than_none(tmp_path) -
     assert "None" not in line and "nan" not in line
     line = next(line for line in report.splitlines() if line.startswith("- nam_30 seed 0"))
     assert "noise AUROC by epoch 0: 0.5746, 1: 0.5604" in line and "wrong 0.151 vs correct 0.125" in line
+
+
+def test_a_result_records_the_environment_of_its_evaluation_and_its_training(monkeypatch, tmp_path) -> None:
+    import json
+
+    import launcher.ablation as ablation
+
+    def train(*args, log):  # stands in for the training process: the run folder it leaves
+        run_dir = Path(next(a for a in args if a.startswith("train.run_dir=")).split("=", 1)[1])
+        (run_dir / "final").mkdir(parents=True)
+        (run_dir / "environment.json").write_text(json.dumps({"cpu": "trainer's", "torch_threads": 1}))
+
+    monkeypatch.setattr(ablation, "shards_for", lambda *a: tmp_path / "shards")
+    monkeypatch.setattr(ablation, "_python", train)
+    monkeypatch.setattr(ablation, "_load_model", lambda path: None)
+    monkeypatch.setattr(ablation, "evaluate_targets", lambda model, targets: {t: {"R1": 1.0} for t in TARGETS})
+    options = {"clip": tmp_path / "clip.pt", "tap_layer": 1, "size": ablation.REDUCED}
+    result = ablation.run_row(tmp_path, ablation.ROWS_BY_NAME["tde_em"], 0, **options)
+    assert {"cpu", "platform", "python", "torch", "numpy", "torch_threads"} <= set(result["environment"])
+    assert result["training_environment"] == {"cpu": "trainer's", "torch_threads": 1}
+    written = json.loads((tmp_path / "runs" / "tde_em" / "seed0" / "result.json").read_text())
+    assert written["environment"] == result["environment"]

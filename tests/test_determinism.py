@@ -5,6 +5,7 @@ the run-to-run variation docs/ablation.md measures."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,7 @@ def test_same_seed_same_parameters_across_processes_and_thread_counts(tmp_path: 
     assert first.keys() == second.keys()
     differing = [key for key in first if not torch.equal(first[key], second[key])]
     assert not differing, f"{len(differing)} tensors differ, e.g. {differing[:3]}"
+    # each run records what its numbers depend on: the same machine and libraries, the pinned thread count
+    environments = [json.loads((tmp_path / run / "environment.json").read_text()) for run in ("a", "b")]
+    assert environments[0] == environments[1]
+    assert environments[0]["torch_threads"] == 1 and environments[0]["torch"] == torch.__version__

@@ -59,6 +59,9 @@ def test_eval_prints_the_table_and_writes_json(exported: Path, cuhk_root: Path, 
     assert result["metrics"]["num_queries"] == 24
     values = [float(v) for v in printed.splitlines()[-1].split()]
     assert values == pytest.approx([result["metrics"][k] for k in ("R1", "R5", "R10", "mAP", "mINP")], abs=0.006)
+    environment = result["environment"]  # what the figures depend on beyond the weights and the data
+    assert {"cpu", "platform", "python", "torch", "numpy", "torch_threads"} <= set(environment)
+    assert environment["torch_threads"] == torch.get_num_threads() and environment["torch"] == torch.__version__
 
 
 def test_eval_of_an_untrained_config(cuhk_root: Path, tmp_path: Path, capsys):
