@@ -151,6 +151,7 @@ def commands(world: dict[str, Path]) -> dict[str, Command]:
         "eval.noise_auroc": Command(["--checkpoint", export, "--data", raw], input=caption_files(raw)[0]),
         "eval.plot": Command([world["run"]], suffix=".png"),  # it reads no .png
         "launcher.ablation": Command(["--rows", "nosuchrow"]),
+        "launcher.wheelhouse": Command([]),  # reads only the lock
         "benchmarks.benchmark_batch_composition": Command(
             ["--shards", world["shards"], "--world-size", 1, "--workers", 0, "--batch-size", 4],
             input=world["shards"] / "manifest.json",
