@@ -176,22 +176,24 @@ def render(result: dict) -> str:
         nam, em = step["modes"]["nam"], step["modes"]["em"]
         lines.append(
             f"step, batch {step['batch_size_per_rank']} {step['precision']}: NAM {nam['samples_per_s']:.0f} samples/s, "
-            f"MFU {nam['mfu']:.1%}; EM {em['samples_per_s']:.0f} samples/s, MFU {em['mfu']:.1%}; "
-            f"NAM/EM step time {step['nam_over_em_step_time']:.3f}; {nam['flops_per_sample'] / 1e9:.1f} GFLOP/sample"
+            f"MFU {nam['mfu']:.1%}; EM {em['samples_per_s']:.0f} samples/s, MFU {em['mfu']:.1%} "
+            f"(MFU: model FLOP/s over the {step.get('peak_tflops') or '?'} TFLOP/s dense bf16 peak; goal >= 45%); "
+            f"NAM/EM step time {step['nam_over_em_step_time']:.3f} (goal <= 1.05); "
+            f"{nam['flops_per_sample'] / 1e9:.1f} GFLOP/sample"
         )
     if result.get("nam_step_over_reference_samples_per_s"):
         reference = result["reference_step"]
         lines.append(
             f"reference step: {reference['samples_per_s']:.0f} samples/s ({reference['precision']}); "
-            f"ours / reference: {result['nam_step_over_reference_samples_per_s']:.2f}x"
+            f"ours / reference samples/s on this GPU: {result['nam_step_over_reference_samples_per_s']:.2f}x (goal >= 3x)"
         )
     kernel = result["kernel_benchmark"]
     if kernel:
         for row in kernel["rows"]:
-            share = f", {row['share_of_peak']:.0%} of HBM peak" if row.get("share_of_peak") else ""
+            share = f", {row['share_of_peak']:.0%} of the HBM peak (goal >= 70%)" if row.get("share_of_peak") else ""
             lines.append(
                 f"kernel {row['dtype']} B={row['batch']}: {row['gbps']:.0f} GB/s{share}, "
-                f"{row['einsum'] / row['triton']:.2f}x einsum+max"
+                f"{row['einsum'] / row['triton']:.2f}x the speed of einsum+max (goal >= 3x)"
             )
     training = result["training"]
     if training:

@@ -93,6 +93,13 @@ def start_wandb(run_dir: Path, log_config: LogConfig, run_config: dict):
             # console="off": wandb leaves stdout/stderr alone (progress bar, JSON lines); quiet: no summary table.
             settings=wandb.Settings(console="off", quiet=True, init_timeout=60),
         )
+    except ImportError:  # an image without it: wandb is an extra (pyproject.toml)
+        warn_wandb(
+            f"wandb is off for this run: log.wandb is {mode} but wandb is not installed (pip install 'wandb>=0.31,<0.32', "
+            f"or a wheelhouse made with --with wandb; log.wandb=disabled silences this); "
+            f"metrics still go to {run_dir / 'metrics.jsonl'}"
+        )
+        return None
     except Exception as error:  # wandb.Error, OSError, a missing key: training goes on without it
         warn_wandb(f"wandb is off for this run ({describe(error)}); metrics still go to {run_dir / 'metrics.jsonl'}")
         return None

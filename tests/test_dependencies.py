@@ -41,12 +41,34 @@ def imported_top_level_modules() -> dict[str, str]:
     return {m: where for m, where in found.items() if m not in OURS and m not in sys.stdlib_module_names}
 
 
+# Modules of the extras (imported only where they are used): an environment without them, such as the floor's, is
+# complete; an extra's module that is installed must still come from its declared distribution.
+EXTRA_MODULES = {"wandb": "wandb", "faiss": "faiss-cpu"}
+
+
+def extras() -> dict[str, set[str]]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return {
+        extra: {normalise(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) for r in requirements}
+        for extra, requirements in project["optional-dependencies"].items()
+    }
+
+
+def test_the_optional_modules_are_extras_not_runtime_dependencies() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = {normalise(re.split(r"[<>=!~ ;\[]", r, maxsplit=1)[0]) for r in project["dependencies"]}
+    for module, distribution in EXTRA_MODULES.items():
+        assert distribution not in runtime and distribution in extras()[module], module
+
+
 def test_every_imported_module_is_declared() -> None:
     distributions = packages_distributions()
     wanted = declared()
     missing = []
     for module, where in sorted(imported_top_level_modules().items()):
         providers = {normalise(d) for d in distributions.get(module, [])}
+        if not providers and module in EXTRA_MODULES:
+            continue
         if not providers:
             missing.append(f"{module} (imported by {where}) is not installed")
         elif not providers & wanted:

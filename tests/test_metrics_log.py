@@ -117,3 +117,15 @@ def test_a_wandb_service_killed_by_the_job_signal_costs_one_warning_and_no_trace
     assert "Traceback" not in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("warning: wandb")]) == 1, result.stderr
     assert [r["step"] for r in lines(tmp_path)] == [1, 2]
+
+
+def test_without_wandb_installed_training_logs_on_and_says_what_to_install(tmp_path, monkeypatch, capfd):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError, as on an image without it
+    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True, log_config=LogConfig(), run_config={})
+    assert log.wandb_run is None
+    log.write({"epoch": 0, "step": 1, "loss": 1.0})
+    log.close()
+    assert [r["step"] for r in lines(tmp_path)] == [1]
+    warning = capfd.readouterr().err.strip()
+    assert warning.count("\n") == 0 and "log.wandb is offline but wandb is not installed" in warning
+    assert "pip install 'wandb>=0.31,<0.32'" in warning
