@@ -15,7 +15,8 @@ from torch import nn
 
 from data.manifest import MANIFEST, Manifest
 from engine.config import Config, ConfigError, OptimConfig
-from engine.model import CLIPDualEncoder, build_model
+from engine.model import CLIPDualEncoder
+from engine.model.build import announce, build_model_with_weights
 from engine.model.heads import CrossModalMLM, IdentityClassifier
 
 
@@ -72,21 +73,50 @@ def dual_encoder(module: nn.Module) -> CLIPDualEncoder:
 
 
 def build_training_model(config: Config, manifest: Manifest) -> nn.Module:
-    """The dual encoder (random or `model.pretrained`), with fresh heads for the losses that are on."""
-    encoder = build_model(config.model, tap_layer=config.nam.tap_layer)
+    """The dual encoder (random or `model.pretrained`), with heads for the losses that are on: fresh, or those of
+    an authors' checkpoint in `model.pretrained` where their shapes match (announced in one line)."""
+    encoder, weights = build_model_with_weights(config.model, tap_layer=config.nam.tap_layer)
     loss = config.loss
     if loss.id_weight == 0 and loss.mlm_weight == 0:
+        if weights is not None:
+            announce(f"model.pretrained: {weights.describe()}")
         return encoder
     if loss.id_weight > 0 and not manifest.num_identities:
         raise ConfigError(
             f"loss.id_weight > 0 needs the number of identities, but {manifest.root / MANIFEST} has no "
             "num_identities (pack a benchmark's train split with python -m data.pack_dataset, or set loss.id_weight=0)"
         )
-    return DualEncoderWithHeads(
+    model = DualEncoderWithHeads(
         encoder,
         num_identities=manifest.num_identities if loss.id_weight > 0 else None,
         mlm_depth=loss.mlm_depth if loss.mlm_weight > 0 else None,
     )
+    if weights is not None:
+        loaded = load_matching_heads(model, weights.heads)
+        announce(f"model.pretrained: {weights.describe(loaded_heads=loaded)}")
+    return model
+
+
+def load_matching_heads(model: DualEncoderWithHeads, heads: dict[str, torch.Tensor]) -> list[str]:
+    """Copies each head of `model` (id_classifier, mlm) whose every tensor `heads` holds with the same shape; a head
+    of another shape (other identities, MLM depth or vocabulary) keeps its fresh init. Returns the heads loaded, or
+    'id_classifier (fresh: ...)' notes for those left."""
+    notes = []
+    for name in ("id_classifier", "mlm"):
+        module = getattr(model, name)
+        if module is None:
+            continue
+        ours = {f"{name}.{k}": v for k, v in module.state_dict().items()}
+        found = {k: heads[k] for k in ours if k in heads}
+        mismatched = [k for k in found if found[k].shape != ours[k].shape]
+        extra = [k for k in heads if k.startswith(f"{name}.") and k not in ours]
+        if len(found) == len(ours) and not mismatched and not extra:
+            module.load_state_dict({k.removeprefix(f"{name}."): v for k, v in found.items()})
+            notes.append(name)
+        elif heads:
+            first = mismatched[0] if mismatched else (extra[0] if extra else next(k for k in ours if k not in found))
+            notes.append(f"none of {name} (the file's differs at {first}: kept fresh)")
+    return notes
 
 
 def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
@@ -116,4 +146,4 @@ def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
     return list(groups.values())
 
 
-__all__ = ["DualEncoderWithHeads", "build_training_model", "dual_encoder", "parameter_groups"]
+__all__ = ["DualEncoderWithHeads", "build_training_model", "dual_encoder", "load_matching_heads", "parameter_groups"]

@@ -1,7 +1,7 @@
 """`python -m eval [run]`: text-to-image retrieval metrics of a checkpoint (or of the model a config builds) on one
 split of a dataset.
 
-python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
+python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --dataset cuhk-pedes --root DIR [--split test]
     [--out results.json] [--save-rankings rankings.json [--top-k 10]] [--html DIR [--html-queries 20]]
 python -m eval run --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
 (`run` may be left out: a command line that starts with an option is a `run`.)
@@ -47,7 +47,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m eval run", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP)."
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
+    source.add_argument(
+        "--checkpoint",
+        help="a run folder, its checkpoints/ folder, one checkpoint folder, or a weights file (an authors' .pth "
+        "checkpoint, OpenAI's ViT-B-16.pt): its model is derived from the shapes",
+    )
     source.add_argument(
         "--config", help="evaluate the model this config builds (its pretrained weights or random init)"
     )
@@ -76,7 +80,7 @@ def build(args: argparse.Namespace):
     """The model and where it came from (see eval.report.checkpoint_source)."""
     if args.checkpoint:
         model, tag_dir = load_exported_model(args.checkpoint)
-        return model, report.checkpoint_source(tag_dir)
+        return model, report.checkpoint_source(tag_dir, model)
     config = load_config(args.config, args.overrides)
     torch.manual_seed(config.train.seed)
     return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
