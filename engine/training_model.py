@@ -119,31 +119,49 @@ def load_matching_heads(model: DualEncoderWithHeads, heads: dict[str, torch.Tens
     return notes
 
 
-def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
-    """Optimizer groups, each with its own lr and weight decay: the encoder at optim.lr, the randomly initialised
-    heads at lr * optim.head_lr_factor, and biases (LayerNorm's too, as IRRA matches "bias" in the name) at
-    optim.bias_lr_factor times their part's lr with optim.bias_weight_decay. optim.single_lr puts everything at
-    optim.lr. The scheduler scales every group by the same factor, so the multiples hold throughout.
+# IRRA's build_optimizer matches names: "cross" (its cross_attn, cross_modal_transformer) -> 5x, then "bias" -> 2x,
+# then "classifier" or "mlm_head" -> 5x, each rule overriding the one before. Under this project's names:
+_CROSS_MODAL = ("mlm.cross_attn.", "mlm.blocks.")  # weights at the head factor, biases at the bias factor
+_CLASSIFIERS = ("id_classifier.", "mlm.head.")  # weights and biases at the head factor
 
-    IRRA's own rule differs in one corner: a bias inside its cross-modal module gets 2x (its bias rule wins over
-    the module's 5x), while here every head parameter keeps the head factor (docs/method.md lists it)."""
+
+def irra_lr_factor(name: str, optim: OptimConfig) -> float:
+    """The lr multiple IRRA gives the parameter `name` of a DualEncoderWithHeads: the encoder and the MLM's
+    ln_pre_text / ln_pre_image / ln_post weights 1x, their biases optim.bias_lr_factor; cross-modal weights
+    optim.head_lr_factor, their biases optim.bias_lr_factor; classifier and MLM-head parameters optim.head_lr_factor,
+    biases included."""
+    if name.startswith(_CLASSIFIERS):
+        return optim.head_lr_factor
+    if "bias" in name.rsplit(".", 1)[-1]:
+        return optim.bias_lr_factor
+    return optim.head_lr_factor if name.startswith(_CROSS_MODAL) else 1.0
+
+
+def parameter_groups(model: nn.Module, optim: OptimConfig) -> list[dict]:
+    """Optimizer groups, each with its own lr and weight decay: lr = optim.lr times IRRA's multiple
+    (irra_lr_factor), biases (LayerNorm's too, as IRRA matches "bias" in the name) with optim.bias_weight_decay.
+    optim.single_lr puts everything at optim.lr. The scheduler scales every group by the same factor, so the
+    multiples hold throughout."""
     decay = optim.weight_decay
     if optim.single_lr:
         return [{"params": list(model.parameters()), "lr": optim.lr, "weight_decay": decay}]
     bias_decay = decay if optim.bias_weight_decay is None else optim.bias_weight_decay
-    heads = set(model.head_parameters()) if isinstance(model, DualEncoderWithHeads) else set()
-    parts: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    groups: dict[tuple[float, float], dict] = {}  # parameters with the same lr and decay share a group
     for name, parameter in model.named_parameters():
         is_bias = "bias" in name.rsplit(".", 1)[-1]
-        parts.setdefault((parameter in heads, is_bias), []).append(parameter)
-    groups: dict[tuple[float, float], dict] = {}  # parts with the same lr and decay share a group
-    for (is_head, is_bias), params in parts.items():
-        lr = optim.lr * (optim.head_lr_factor if is_head else 1.0)
-        if is_bias and not is_head:
-            lr *= optim.bias_lr_factor
-        settings = (lr, bias_decay if is_bias else decay)
-        groups.setdefault(settings, {"params": [], "lr": settings[0], "weight_decay": settings[1]})["params"] += params
+        factor = irra_lr_factor(name, optim)  # the encoder's names (encoder.* or bare) match no head rule
+        settings = (optim.lr * factor, bias_decay if is_bias else decay)
+        groups.setdefault(settings, {"params": [], "lr": settings[0], "weight_decay": settings[1]})["params"].append(
+            parameter
+        )
     return list(groups.values())
 
 
-__all__ = ["DualEncoderWithHeads", "build_training_model", "dual_encoder", "load_matching_heads", "parameter_groups"]
+__all__ = [
+    "DualEncoderWithHeads",
+    "build_training_model",
+    "dual_encoder",
+    "irra_lr_factor",
+    "load_matching_heads",
+    "parameter_groups",
+]

@@ -77,13 +77,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace):
-    """The model and where it came from (see eval.report.checkpoint_source)."""
+    """The model, where it came from (see eval.report.checkpoint_source) and how images are resized: the config's
+    data.augment.interpolation, or bilinear (the reference's test transform) for a checkpoint."""
     if args.checkpoint:
         model, tag_dir = load_exported_model(args.checkpoint)
-        return model, report.checkpoint_source(tag_dir, model)
+        return model, report.checkpoint_source(tag_dir, model), "bilinear"
     config = load_config(args.config, args.overrides)
     torch.manual_seed(config.train.seed)
-    return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
+    model = build_model(config.model, tap_layer=config.nam.tap_layer)
+    return model, report.config_source(args.config, config), config.data.augment.interpolation
 
 
 @error_boundary
@@ -124,7 +126,7 @@ def evaluate(args: argparse.Namespace) -> int:
         check_outputs(args)  # before any work: a mistyped path fails now, not after scoring
         split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
         split, _ = drop_undecodable(split, skip=args.skip_missing)
-        model, source = build(args)
+        model, source, interpolation = build(args)
     except (DatasetError, CheckpointError, ConfigError) as error:
         return fail(error)
     if split.missing_images:
@@ -135,7 +137,12 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
-        model, split, batch_size=args.batch_size, num_workers=args.workers, device=collectives.device()
+        model,
+        split,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=collectives.device(),
+        interpolation=interpolation,
     )
     encoded = time.perf_counter()
     if collectives.rank() != 0:  # every rank extracted its share; rank 0 ranks and reports
