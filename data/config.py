@@ -15,7 +15,9 @@ class ConfigError(ValueError):
 class AugmentConfig:
     """Training augmentation as the reference (docs/method.md); evaluation only resizes and normalises."""
 
-    interpolation: str = "bilinear"  # Resize in training and eval: bilinear (torchvision's default) | bicubic
+    # Resize: bilinear (torchvision's default) | bicubic; evaluation during training and `eval run --config` follow
+    # it, evaluation of a checkpoint resizes bilinearly (the reference's test transform)
+    interpolation: str = "bilinear"
     hflip_prob: float = 0.5
     crop_padding: int = 10  # pad each side, then random-crop back to image_size
     erasing_prob: float = 0.5

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from data.outputs import atomic_file, write_text_atomically
 from engine import collectives
 from engine.config import ConfigError, ModelConfig, build_section, config_to_dict
 from engine.model import CLIPDualEncoder
+from engine.model.build import build_model_from_weights
 from engine.noise_table import ShardedNoiseTable
 from engine.training_model import dual_encoder
 
@@ -209,8 +211,33 @@ def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> di
     return train_state
 
 
+def is_weights_file(path: str | Path) -> bool:
+    """A single weights file (OpenAI's ViT-B-16.pt, an authors' .pth checkpoint, a safetensors file) rather than
+    one of this project's run, checkpoints or tag folders."""
+    return Path(path).is_file()
+
+
+def load_weights_file(path: str | Path) -> CLIPDualEncoder:
+    """The dual encoder a weights file describes, its config derived from the shapes; says in one line (stderr)
+    which format it recognised and what it loaded, ignored and resampled."""
+    try:
+        model, weights = build_model_from_weights(str(path))
+    except ConfigError as error:  # WeightsError included: one line naming the file
+        raise CheckpointError(str(error)) from None
+    print(weights.describe(), file=sys.stderr, flush=True)
+    return model
+
+
+def described_model_config(model: CLIPDualEncoder) -> dict:
+    """A model's config in model_config.json's shape (what an exported folder records)."""
+    return {"model": config_to_dict(model.cfg) | {"pretrained": None}, "tap_layer": model.tap_layer}
+
+
 def load_exported_model(path: str | Path) -> tuple[CLIPDualEncoder, Path]:
-    """Builds the dual encoder from an exported model folder (or a checkpoint / run folder)."""
+    """Builds the dual encoder from an exported model folder (or a checkpoint / run folder), or from a weights file
+    (load_weights_file); returns it with the folder or file it came from."""
+    if is_weights_file(path):
+        return load_weights_file(path), Path(path)
     tag_dir = resolve_tag_dir(path)
     config_path, weights_path = tag_dir / MODEL_CONFIG_FILE, tag_dir / MODEL_FILE
     if not config_path.is_file() or not weights_path.is_file():

@@ -73,6 +73,9 @@ class ModelConfig:
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
 
 
+FORCE_MASK_RULES = ("most_probable", "first_token")
+
+
 @dataclass
 class NamConfig:
     """Noise-aware masking (docs/method.md)."""
@@ -82,6 +85,9 @@ class NamConfig:
     tap_layer: int = 10  # layer l (1-based count of blocks) whose tokens are scored
     clip: bool = True  # clip r' to [0, 1] as the reference implementation does (paper's Eq. 4 does not)
     kernel: str = "auto"  # token-patch cosine max: auto (Triton on CUDA, else PyTorch) | triton | torch
+    # A caption with no drawn token gets one (NAM, EM and IRRA's MLM caption): most_probable = its most probable
+    # valid token, corrupted 80/10/10; first_token = the reference's rule, the token at position 1 becomes <|mask|>.
+    force_mask: str = "most_probable"
     # Ablation ceiling (engine/nam_oracle.py): noise_words.jsonl of the packed synthetic set; its recorded wrong
     # words get r = 1 and every other token r = 0 instead of the model's scores. None = the real scorer.
     oracle_noise: str | None = None
@@ -97,6 +103,8 @@ class NamConfig:
             raise ConfigError(f"nam.oracle_noise needs nam.masking=nam (got {self.masking!r})")
         if self.kernel not in ("auto", "triton", "torch"):
             raise ConfigError(f"nam.kernel must be one of auto, triton, torch (got {self.kernel!r})")
+        if self.force_mask not in FORCE_MASK_RULES:
+            raise ConfigError(f"nam.force_mask must be one of {', '.join(FORCE_MASK_RULES)} (got {self.force_mask!r})")
 
 
 @dataclass

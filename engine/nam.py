@@ -44,20 +44,29 @@ def uniform_probabilities(valid: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def apply_mask(
-    ids: torch.Tensor, probabilities: torch.Tensor, valid: torch.Tensor, generator: torch.Generator
+    ids: torch.Tensor,
+    probabilities: torch.Tensor,
+    valid: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    force_mask: str = "most_probable",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draws tokens with `probabilities` and corrupts them BERT-style; at least one per caption.
 
-    ids, probabilities, valid: (B, N). Returns (masked ids (B, N), drawn (B, N) bool). A caption with no
-    drawn token gets its most probable valid token drawn (ties: a random one), as the reference
-    implementation guarantees one masked token per caption. Random replacements come from the
-    ordinary vocabulary, never SOT, EOT or <|mask|>, so EOT pooling by argmax stays correct.
+    ids, probabilities, valid: (B, N). Returns (masked ids (B, N), drawn (B, N) bool). A caption with a valid
+    token but none drawn gets one (`nam.force_mask`): `most_probable` draws its most probable valid token (ties: a
+    random one) and corrupts it 80/10/10 like the others; `first_token` is the reference's rule (its
+    datasets/bases.py): the token at position 1 is drawn and always becomes <|mask|>. Random replacements come from
+    the ordinary vocabulary, never SOT, EOT or <|mask|>, so EOT pooling by argmax stays correct.
     """
     uniform = torch.rand(ids.shape, generator=generator, device=ids.device)
     drawn = (uniform < probabilities) & valid
     has_valid = valid.any(dim=1)
-    needs_one = has_valid & ~drawn.any(dim=1)
-    if needs_one.any():
+    needs_one = has_valid & ~drawn.any(dim=1)  # (B,)
+    first_token = force_mask == "first_token"
+    if first_token:
+        drawn[:, 1] |= needs_one  # position 1 is valid whenever the caption has a valid token
+    elif needs_one.any():
         tie_break = torch.rand(ids.shape, generator=generator, device=ids.device) * 1e-6
         preference = (probabilities + tie_break).masked_fill(~valid, -1.0)
         forced = torch.zeros_like(drawn).scatter_(1, preference.argmax(dim=1, keepdim=True), True)
@@ -69,6 +78,8 @@ def apply_mask(
     random_ids = torch.randint(1, MASK_ID, ids.shape, generator=generator, device=ids.device)
     masked = torch.where(to_mask, torch.full_like(ids, MASK_ID), ids)
     masked = torch.where(to_random, random_ids, masked)
+    if first_token:
+        masked[:, 1] = torch.where(needs_one, torch.full_like(masked[:, 1], MASK_ID), masked[:, 1])
     return masked, drawn
 
 
@@ -114,7 +125,7 @@ class NoiseAwareMasker:
             scored = mask_probabilities(noise, valid, self.config.mask_prob, clip=self.config.clip)
             probabilities = torch.where(known.unsqueeze(1), scored, probabilities)
             unscored = int((~known).sum())  # host sync: CPU tensors here
-        masked, _ = apply_mask(ids, probabilities, valid, generator)
+        masked, _ = apply_mask(ids, probabilities, valid, generator, force_mask=self.config.force_mask)
         return masked, unscored
 
     def score(

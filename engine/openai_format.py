@@ -86,7 +86,11 @@ def save_openai_format(model: CLIPDualEncoder, path: Path) -> None:
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.openai_format", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="an exported model folder (RUN_DIR/final) or a checkpoint")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="an exported model folder (RUN_DIR/final), a checkpoint, or a weights file (an authors' .pth checkpoint)",
+    )
     output_argument(parser, "--out", kind="file", required=True, help="the .pt file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the --model input)")
     args = parser.parse_args(argv)

@@ -99,6 +99,7 @@ def train_step(
             shared_caption=config.loss.mlm_shared_caption,
             generator=generator,
             device=target,
+            force_mask=config.nam.force_mask,
         )
     images = batch["image"].to(target, dtype=dtype, non_blocking=True)
     out = engine(

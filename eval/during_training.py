@@ -21,8 +21,9 @@ SELECTION_METRIC = "R1"
 class TrainingEvaluator:
     """Holds the configured benchmarks' splits; `evaluate` is collective (every rank calls it)."""
 
-    def __init__(self, config: EvalConfig) -> None:
+    def __init__(self, config: EvalConfig, *, interpolation: str = "bilinear") -> None:
         self.config = config
+        self.interpolation = interpolation  # data.augment.interpolation: evaluation resizes as training does
         self.splits: list[RetrievalSplit] = []
         for name, root in config.roots.items():
             if not Path(root).is_dir():
@@ -43,7 +44,9 @@ class TrainingEvaluator:
         """Metrics of every split, as log records on rank 0 (empty on the others)."""
         records = []
         for split in self.splits:
-            image_feats, text_feats = encode_split(model, split, batch_size=self.config.batch_size, device=device)
+            image_feats, text_feats = encode_split(
+                model, split, batch_size=self.config.batch_size, device=device, interpolation=self.interpolation
+            )
             if collectives.rank() != 0:
                 continue
             metrics = retrieval_metrics_from_features(

@@ -26,9 +26,9 @@ def _quiet() -> bool:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: list, image_size: tuple[int, int]) -> None:
+    def __init__(self, paths: list, image_size: tuple[int, int], interpolation: str = "bilinear") -> None:
         self.paths = paths
-        self.transform = eval_transform(image_size)
+        self.transform = eval_transform(image_size, interpolation)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,9 +46,11 @@ def encode_split(
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device | None = None,
+    interpolation: str = "bilinear",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (image features (G, E), caption features (Q, E)), both unit-norm float32; the model is left in
-    the train/eval mode it came in."""
+    the train/eval mode it came in. Images are resized with `interpolation` (data.augment.interpolation when a
+    config is known; bilinear, the reference's test transform, otherwise)."""
     device = device or torch.device("cpu")
     was_training = model.training
     model = model.to(device).eval()
@@ -56,7 +58,7 @@ def encode_split(
     image_start, image_stop = collectives.block_bounds(len(split.image_paths))
     caption_start, caption_stop = collectives.block_bounds(len(split.captions))
     images = DataLoader(
-        _ImageFiles(split.image_paths[image_start:image_stop], model.cfg.image_size),
+        _ImageFiles(split.image_paths[image_start:image_stop], model.cfg.image_size, interpolation),
         batch_size=batch_size,
         num_workers=num_workers,
     )

@@ -1,6 +1,6 @@
 """Export a trained dual encoder as a transformers CLIP folder that `CLIPModel.from_pretrained` loads as is.
 
-python -m eval export --checkpoint RUN_DIR|CHECKPOINT_DIR --out DIR [--overwrite]
+python -m eval export --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --out DIR [--overwrite]
 
 DIR must be new or empty (with --overwrite, a previous export is replaced) and never a folder that holds a
 checkpoint or the checkpoint read; the folder is written beside DIR and renamed into place when complete.
@@ -126,7 +126,9 @@ def export_transformers(model: CLIPDualEncoder, out_dir: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder, or one checkpoint")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run folder, its checkpoints/ folder, one checkpoint, or a weights file"
+    )
     output_argument(
         parser, "--out", kind="folder", required=True, help="folder to write the transformers CLIP model into"
     )

@@ -1,6 +1,6 @@
 """Index a folder of images once, so that it can be searched by description (`eval.gallery_search`).
 
-python -m eval index --checkpoint RUN_DIR|CHECKPOINT_DIR --images DIR --out INDEX [--approximate]
+python -m eval index --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --images DIR --out INDEX [--approximate]
 
 INDEX is one safetensors file, written to a temporary sibling and renamed into place, so it is either the
 old index or the new one, never half of each:
@@ -43,7 +43,15 @@ from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.outputs import check_output_file, output_argument, sha256_of
 from data.transforms import eval_transform
 from engine import collectives
-from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, CheckpointError, load_exported_model, resolve_tag_dir
+from engine.checkpoint import (
+    MODEL_CONFIG_FILE,
+    MODEL_FILE,
+    CheckpointError,
+    described_model_config,
+    is_weights_file,
+    load_exported_model,
+    resolve_tag_dir,
+)
 from engine.model import CLIPDualEncoder
 
 FORMAT = "person-search-gallery-index/1"
@@ -67,6 +75,11 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, checkpoint: str | Path) -> ModelIdentity:
+        if is_weights_file(checkpoint):  # the config is the one its shapes give
+            model, path = load_exported_model(checkpoint)
+            return cls(
+                checkpoint=str(path.resolve()), sha256=sha256_of(path), model_config=described_model_config(model)
+            )
         tag_dir = resolve_tag_dir(checkpoint).resolve()
         config_path = tag_dir / MODEL_CONFIG_FILE
         if not config_path.is_file() or not (tag_dir / MODEL_FILE).is_file():
@@ -371,7 +384,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m eval index", description="Encode every image under a folder into a searchable index."
     )
-    parser.add_argument("--checkpoint", required=True, help="a run folder, its checkpoints/ folder, or one checkpoint")
+    parser.add_argument(
+        "--checkpoint", required=True, help="a run folder, its checkpoints/ folder, one checkpoint, or a weights file"
+    )
     parser.add_argument("--images", required=True, help="folder of .jpg/.jpeg/.png images, searched recursively")
     output_argument(
         parser,

@@ -28,7 +28,7 @@ from torch import nn
 
 from data.cli_errors import error_boundary, positive_int
 from data.tokenizer import CLIPTokenizer
-from engine.checkpoint import MODEL_FILE, CheckpointError
+from engine.checkpoint import MODEL_FILE, CheckpointError, is_weights_file, load_exported_model
 from engine.config import ConfigError, ModelConfig, build_section
 from engine.model.blocks import CLIPTextTransformer
 from engine.model.clip import CLIPDualEncoder, tower_configs
@@ -54,7 +54,13 @@ class TextTower(nn.Module):
 
 
 def load_text_tower(tag_dir: Path, model_config: dict) -> TextTower:
-    """Reads only the text tower's tensors from model.safetensors (the image tower is never loaded)."""
+    """Reads only the text tower's tensors from model.safetensors (the image tower is never loaded); a weights file
+    is read whole and its text tower kept."""
+    if is_weights_file(tag_dir):
+        model, _ = load_exported_model(tag_dir)
+        tower = TextTower(model.cfg, tap_layer=model.tap_layer)
+        tower.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith(TEXT_PREFIXES)})
+        return tower.eval()
     try:
         cfg = build_section(ModelConfig, model_config["model"], "model")
         tower = TextTower(cfg, tap_layer=int(model_config["tap_layer"]))

@@ -311,7 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="AUROC of NAM's token noise r for wrong vs correct attribute words of the synthetic captions.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
+    source.add_argument(
+        "--checkpoint", help="a run folder, its checkpoints/ folder, one checkpoint folder, or a weights file"
+    )
     source.add_argument("--config", help="score the model this config builds (its pretrained weights or random init)")
     parser.add_argument("--data", required=True, type=Path, help="DIR/luperson_mllm written by data.synthetic")
     parser.add_argument("--max-captions", type=positive_int, default=4000)

@@ -19,8 +19,9 @@ import torch
 
 from data.datasets import RetrievalSplit, split_stats
 from data.outputs import sha256_of
-from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE
+from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, described_model_config, is_weights_file
 from engine.config import Config, config_to_dict
+from engine.model import CLIPDualEncoder
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -46,8 +47,16 @@ def format_split_stats(splits: list[RetrievalSplit], *, show_missing: bool) -> s
     return "\n".join(lines)
 
 
-def checkpoint_source(tag_dir: Path) -> dict:
-    """What `--out` records of an exported model: its folder, the sha256 of its weights, its model_config.json."""
+def checkpoint_source(tag_dir: Path, model: CLIPDualEncoder) -> dict:
+    """What `--out` records of an exported model: its folder (or weights file), the sha256 of its weights, its
+    model_config.json (derived from the weights for a file)."""
+    if is_weights_file(tag_dir):
+        return {
+            "described": str(tag_dir),
+            "checkpoint": str(tag_dir),
+            "sha256": sha256_of(tag_dir),
+            "model_config": described_model_config(model),
+        }
     return {
         "described": str(tag_dir),
         "checkpoint": str(tag_dir),

@@ -1,7 +1,7 @@
 """`python -m eval [run]`: text-to-image retrieval metrics of a checkpoint (or of the model a config builds) on one
 split of a dataset.
 
-python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR --dataset cuhk-pedes --root DIR [--split test]
+python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --dataset cuhk-pedes --root DIR [--split test]
     [--out results.json] [--save-rankings rankings.json [--top-k 10]] [--html DIR [--html-queries 20]]
 python -m eval run --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
 (`run` may be left out: a command line that starts with an option is a `run`.)
@@ -48,7 +48,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python -m eval run", description="Text-to-image retrieval metrics (R1, R5, R10, mAP, mINP)."
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a run folder, its checkpoints/ folder, or one checkpoint folder")
+    source.add_argument(
+        "--checkpoint",
+        help="a run folder, its checkpoints/ folder, one checkpoint folder, or a weights file (an authors' .pth "
+        "checkpoint, OpenAI's ViT-B-16.pt): its model is derived from the shapes",
+    )
     source.add_argument(
         "--config", help="evaluate the model this config builds (its pretrained weights or random init)"
     )
@@ -74,13 +78,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build(args: argparse.Namespace):
-    """The model and where it came from (see eval.report.checkpoint_source)."""
+    """The model, where it came from (see eval.report.checkpoint_source) and how images are resized: the config's
+    data.augment.interpolation, or bilinear (the reference's test transform) for a checkpoint."""
     if args.checkpoint:
         model, tag_dir = load_exported_model(args.checkpoint)
-        return model, report.checkpoint_source(tag_dir)
+        return model, report.checkpoint_source(tag_dir, model), "bilinear"
     config = load_config(args.config, args.overrides)
     torch.manual_seed(config.train.seed)
-    return build_model(config.model, tap_layer=config.nam.tap_layer), report.config_source(args.config, config)
+    model = build_model(config.model, tap_layer=config.nam.tap_layer)
+    return model, report.config_source(args.config, config), config.data.augment.interpolation
 
 
 @error_boundary
@@ -121,7 +127,7 @@ def evaluate(args: argparse.Namespace) -> int:
         check_outputs(args)  # before any work: a mistyped path fails now, not after scoring
         split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
         split, _ = drop_undecodable(split, skip=args.skip_missing)
-        model, source = build(args)
+        model, source, interpolation = build(args)
     except (DatasetError, CheckpointError, ConfigError) as error:
         return fail(error)
     if split.missing_images:
@@ -132,7 +138,12 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     image_feats, text_feats = encode_split(
-        model, split, batch_size=args.batch_size, num_workers=args.workers, device=collectives.device()
+        model,
+        split,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=collectives.device(),
+        interpolation=interpolation,
     )
     encoded = time.perf_counter()
     if collectives.rank() != 0:  # every rank extracted its share; rank 0 ranks and reports

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from data.caption_files import CaptionError
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from engine.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
         from eval.during_training import TrainingEvaluator
 
-        final = train(config, resume=resume, make_evaluator=TrainingEvaluator)
+        interpolation = config.data.augment.interpolation  # evaluation resizes as training does
+        final = train(config, resume=resume, make_evaluator=partial(TrainingEvaluator, interpolation=interpolation))
         clean = True
     except USER_ERRORS as error:  # every rank ran the same checks: rank 0 says it once
         if rank0:

@@ -233,18 +233,40 @@ def test_training_model_has_only_the_heads_the_config_turns_on(tmp_path: Path):
     assert "\n" not in message
 
 
-def test_heads_learn_at_head_lr_factor_times_the_encoder_lr(tmp_path: Path):
-    config = _tiny_config("loss.id_weight=1", "loss.mlm_weight=1", "optim.lr=2.0e-5", "optim.head_lr_factor=5")
+def test_parameters_learn_at_irras_lr_multiples(tmp_path: Path):
+    """IRRA's build_optimizer: "cross" 5x, then "bias" 2x, then "classifier" / "mlm_head" 5x, each overriding."""
+    config = _tiny_config(
+        "loss.id_weight=1", "loss.mlm_weight=1", "optim.lr=2.0e-5", "optim.head_lr_factor=5",
+        "optim.bias_lr_factor=2", "optim.bias_weight_decay=0",
+    )  # fmt: skip
     model = build_training_model(config, _manifest(tmp_path, 3))
-    encoder_group, head_group = parameter_groups(model, config.optim)
-    assert encoder_group["lr"] == pytest.approx(2e-5) and head_group["lr"] == pytest.approx(1e-4)
-    grouped = {id(p) for p in encoder_group["params"]} | {id(p) for p in head_group["params"]}
-    assert len(grouped) == len(encoder_group["params"]) + len(head_group["params"]) == len(list(model.parameters()))
-    assert {id(p) for p in head_group["params"]} == {
-        id(p) for p in [*model.id_classifier.parameters(), *model.mlm.parameters()]
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in parameter_groups(model, config.optim) for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))
+    expected = {  # name -> (lr multiple, decayed)
+        "encoder.vision_model.encoder.layers.0.self_attn.q_proj.weight": (1, True),
+        "encoder.vision_model.encoder.layers.0.self_attn.q_proj.bias": (2, False),
+        "encoder.text_model.final_layer_norm.bias": (2, False),
+        "mlm.ln_pre_text.weight": (1, True),
+        "mlm.ln_pre_image.bias": (2, False),
+        "mlm.ln_post.weight": (1, True),
+        "mlm.cross_attn.in_proj_weight": (5, True),
+        "mlm.cross_attn.in_proj_bias": (2, False),
+        "mlm.blocks.0.ln_1.weight": (5, True),
+        "mlm.blocks.0.ln_1.bias": (2, False),
+        "mlm.blocks.0.mlp.c_fc.bias": (2, False),
+        "mlm.head.ln.weight": (5, True),
+        "mlm.head.ln.bias": (5, False),
+        "mlm.head.fc.bias": (5, False),
+        "id_classifier.classifier.weight": (5, True),
+        "id_classifier.classifier.bias": (5, False),
     }
+    parameters = dict(model.named_parameters())
+    for name, (multiple, decayed) in expected.items():
+        lr, decay = lr_of[id(parameters[name])]
+        assert lr == pytest.approx(2e-5 * multiple), name
+        assert decay == (config.optim.weight_decay if decayed else 0.0), name
     plain = build_training_model(_tiny_config(), _manifest(tmp_path, None))
-    assert len(parameter_groups(plain, config.optim)) == 1
+    assert len(parameter_groups(plain, _tiny_config().optim)) == 1
 
 
 @pytest.mark.parametrize(

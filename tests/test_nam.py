@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from engine.config import ConfigError, load_config
 from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
 
@@ -111,3 +112,33 @@ def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
     assert not em.scores and em.mask(ids, caption_id, epoch=3, generator=torch.Generator())[1] == 0
     none = NoiseAwareMasker(NamConfig(masking="none", tap_layer=1), None)
     assert none.mask(ids, caption_id, epoch=3, generator=torch.Generator())[0] is ids
+
+
+def test_force_mask_first_token_is_the_references_rule():
+    """A caption with no drawn word: first_token masks position 1 with <|mask|> (never 80/10/10); most_probable
+    draws the most probable valid word; a caption without words is left alone either way."""
+    sot, eot = SOT_ID, EOT_ID
+    ids = torch.tensor([[sot, 320, 1794, 2866, eot, 0], [sot, 320, 1794, 2866, eot, 0], [sot, eot, 0, 0, 0, 0]])
+    valid = valid_token_mask(ids)
+    nothing = torch.zeros(ids.shape)
+    probabilities = nothing.clone()
+    probabilities[:, 3] = 1e-3  # rarely drawn, but the most probable: forced when not drawn
+    for seed in range(20):
+        masked, drawn = apply_mask(
+            ids, probabilities, valid, torch.Generator().manual_seed(seed), force_mask="first_token"
+        )
+        assert drawn[:2].nonzero()[:, 1].tolist() == [1, 1] and not drawn[2].any()
+        assert (masked[:2, 1] == MASK_ID).all() and torch.equal(masked[:, 2:], ids[:, 2:])
+        assert torch.equal(masked[2], ids[2])
+        _, drawn = apply_mask(
+            ids, probabilities, valid, torch.Generator().manual_seed(seed), force_mask="most_probable"
+        )
+        assert drawn[:2].nonzero()[:, 1].tolist() == [3, 3] and not drawn[2].any()
+
+
+def test_force_mask_is_validated_and_the_paper_configs_use_the_references_rule():
+    with pytest.raises(ConfigError, match="nam.force_mask must be one of most_probable, first_token"):
+        load_config(None, ["nam.force_mask=first"])
+    assert load_config().nam.force_mask == "most_probable"
+    for name in ("pretrain_luperson_mllm", "finetune_cuhk", "finetune_icfg", "finetune_rstp"):
+        assert load_config(f"configs/{name}.yaml").nam.force_mask == "first_token", name
