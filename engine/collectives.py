@@ -38,12 +38,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# The autograd-aware all-gather: all_gather_single_autograd in newer torch releases, which deprecate (with a warning
+# on every call) the name torch 2.11 has, all_gather_tensor_autograd. Same op, same backward.
+_all_gather_autograd = (
+    getattr(functional_collectives, "all_gather_single_autograd", None)
+    or functional_collectives.all_gather_tensor_autograd
+)
+
+
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """(B, ...) on each rank -> (world * B, ...) on every rank, rank-major, differentiable."""
     if not is_distributed():
         return tensor
     # Autograd-aware all-gather; its backward reduce-scatters (sums) the gradients of every rank's copy.
-    gathered = functional_collectives.all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    gathered = _all_gather_autograd(tensor.contiguous(), 0, dist.group.WORLD)
     return functional_collectives.wait_tensor(gathered)
 
 

@@ -60,7 +60,7 @@ def test_the_wheelhouse_installs_offline_and_the_image_interpreter_trains(tmp_pa
     config.write_text(TINY.replace("SHARDS", str(tmp_path / "shards")).replace("CUHK", str(tmp_path / "nowhere")))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "launcher.train", "--config", str(config), f"train.run_dir={run_dir}"]
-    command += ["train.max_steps=1", "eval.every_epochs=0"]
+    command += ["train.max_steps=1", "train.log_every_steps=1", "eval.every_epochs=0"]
     trained = subprocess.run(
         command, cwd=REPO, env=env | {"PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=600
     )
