@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.outputs import atomic_file
+from data.outputs import atomic_file, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -170,3 +170,53 @@ class ShardCache:
                 download(join(self.remote, name), partial, timeout=self.policy.timeout_s)
 
         with_retries(attempt, policy=self.policy, what=name, remote=self.remote)
+
+
+def _bucket_and_key(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def s3_client():
+    """boto3's S3 client for S3_ENDPOINT_URL (AWS when unset), with boto3's own credential chain."""
+    import boto3
+
+    return boto3.session.Session().client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None)
+
+
+def uploaded_sha256(client, remote: str, name: str, *, policy: RetryPolicy) -> str | None:
+    """The sha256 that remote/name was tagged with when uploaded, or None when there is no such object (or no tag)."""
+    bucket, key = _bucket_and_key(join(remote, name))
+    found: list[dict] = []
+    try:
+        with_retries(
+            lambda: found.append(client.head_object(Bucket=bucket, Key=key)), policy=policy, what=name, remote=remote
+        )
+    except Exception as error:
+        if is_not_found(error):
+            return None
+        raise
+    return found[0].get("Metadata", {}).get("sha256")
+
+
+def upload_folder(local: Path, remote: str, names: list[str], *, policy: RetryPolicy) -> int:
+    """Uploads local/name to remote/name for each name in order, each tagged with its sha256, skipping those already
+    there with the same sha256 (a rerun after an interruption); returns how many were uploaded. s3:// only."""
+    if urllib.parse.urlsplit(remote).scheme != "s3":
+        raise ValueError(f"uploads go to s3:// URLs only (got {redact(remote)})")
+    client, uploaded = s3_client(), 0
+    for name in names:
+        digest = sha256_of(local / name)
+        if uploaded_sha256(client, remote, name, policy=policy) == digest:
+            continue
+        bucket, key = _bucket_and_key(join(remote, name))
+        with_retries(
+            lambda b=bucket, k=key, n=name, d=digest: client.upload_file(
+                str(local / n), b, k, ExtraArgs={"Metadata": {"sha256": d}}
+            ),
+            policy=policy,
+            what=name,
+            remote=remote,
+        )
+        uploaded += 1
+    return uploaded
