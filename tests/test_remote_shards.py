@@ -5,6 +5,9 @@ the cache is shared by processes, and a server that goes away is waited for or n
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from data.manifest import Manifest
 from data.object_store import RetryPolicy, s3_client
 from data.pack import main as pack_main
 from engine.config import AugmentConfig
-from tests.helpers import S3_SECRET, caption_files, http_folder_server, run_on_ranks
+from tests.helpers import REPO, S3_SECRET, TINY, caption_files, files_containing, http_folder_server, run_on_ranks
 
 REMOTE = "s3://shards/luperson"
 FAST_RETRY = RetryPolicy(attempts=6, first_wait_s=0.2, max_wait_s=2.0, timeout_s=10.0)
@@ -150,6 +153,7 @@ def read_as_rank(rank: int, world: int, cache: Path, epochs: int) -> list[int]:
     return ids
 
 
+@pytest.mark.slow  # about 2 minutes per format on 2 cores
 @pytest.mark.multirank
 @pytest.mark.parametrize("fmt", ["wds", "mds"])
 def test_two_ranks_sharing_a_node_cache_fetch_each_file_once(caption_set_dir: Path, tmp_path: Path, s3_server, fmt):
@@ -161,3 +165,56 @@ def test_two_ranks_sharing_a_node_cache_fetch_each_file_once(caption_set_dir: Pa
     shards = json.loads((tmp_path / "stage" / "manifest.json").read_text())["shards"]
     assert {name.split("/")[0] for name in gets} >= {s["name"] for s in shards} | {"manifest.json"}
     assert set(gets.values()) == {1}, gets
+
+
+def train(config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "launcher.train", "--config", str(config), *overrides]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_training_from_s3_stops_when_the_server_stays_down_and_resumes_losing_nothing(
+    caption_set_dir: Path, tmp_path: Path, s3_server
+):
+    """wds shards of 2 images read one at a time: the server goes away after the manifest and 8 shards, the run stops
+    with a checkpoint and one line naming the endpoint and the shard; resumed once the server is back, it ends with
+    every batch of both epochs trained and nothing counted as damaged. The test secret is in no output or file."""
+    assert pack_to_s3(caption_set_dir, tmp_path / "stage", per_shard=2) == 0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("SHARDS", str(tmp_path / "cache")).replace("CUHK", str(tmp_path / "no_eval")))
+    run_dir = tmp_path / "run"
+    overrides = [
+        f"train.run_dir={run_dir}", f"data.remote={REMOTE}", "data.interleave_shards=1", "data.spread_captions=false",
+        "data.shuffle_buffer=8", "data.fetch_attempts=3", "data.fetch_first_wait_s=0.1", "train.agree_every_steps=1",
+        "train.epochs=2",
+    ]  # fmt: skip
+    s3_server.outage(after_gets=1 + 8)
+    stopped = train(config, *overrides)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"S3 endpoint {s3_server.endpoint}" in lines[0] and "shard-" in lines[0], lines
+    step = int((run_dir / "checkpoints" / "latest").read_text().removeprefix("step"))
+    assert 0 < step < 24  # mid-epoch 0: 48 images x 4 captions / batch 8 = 24 batches an epoch
+
+    s3_server.start()
+    resumed = train(config, *overrides, "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from epoch 0, batch {step}, step {step}" in resumed.stdout
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    problems = [r for r in records if "data_problems" in r]
+    assert [r["epoch"] for r in problems] == [0, 1] and not any(any(r["data_problems"].values()) for r in problems)
+    assert max(r["step"] for r in records if "step" in r) == 48 and (run_dir / "final" / "model.safetensors").is_file()
+    outputs = stopped.stdout + stopped.stderr + resumed.stdout + resumed.stderr
+    assert S3_SECRET not in outputs and not files_containing(tmp_path, S3_SECRET)
+
+
+@pytest.mark.slow
+def test_training_reads_mds_shards_from_s3(caption_set_dir: Path, tmp_path: Path, s3_server):
+    assert pack_to_s3(caption_set_dir, tmp_path / "stage", fmt="mds") == 0
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("SHARDS", str(tmp_path / "cache")).replace("CUHK", str(tmp_path / "no_eval")))
+    result = train(config, f"train.run_dir={tmp_path / 'run'}", f"data.remote={REMOTE}", "train.epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "24 batches/epoch" in result.stdout and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert S3_SECRET not in result.stdout + result.stderr and not files_containing(tmp_path, S3_SECRET)
