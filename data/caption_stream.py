@@ -11,7 +11,11 @@ that position without decoding what it passes. Augmentations draw from a generat
 
 Damaged data never stops the stream: a missing or truncated shard, a malformed record, an empty,
 undecodable or truncated image, an empty or non-UTF-8 caption is skipped, logged with its key and
-counted in the batch's `problems` (PROBLEMS order); a non-RGB image is converted and counted."""
+counted in the batch's `problems` (PROBLEMS order); a non-RGB image is converted and counted.
+
+Shards in object storage (`remote`, data/object_store.py) are fetched into the local cache `manifest.root` when first
+read and then read like local ones. A store that stays down past the retry policy ends the worker's stream with a
+`halt` item naming the endpoint and the shard: the trainer checkpoints what it trained and stops, losing nothing."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data.config import AugmentConfig
 from data.manifest import Manifest, ShardError
+from data.object_store import RemoteUnavailable, RetryPolicy, ShardCache
 from data.order import caption_passes, derived_seed, interleave
 from data.position import DONE, WorkerStart
 from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
@@ -131,7 +136,8 @@ class CaptionSampleStream(IterableDataset):
     """Yields batches: image (B, 3, H, W) float32, ids (B, N) int64, pid and caption_id (B,) int64,
     worker, end (the worker's sequence position after this batch) and problems (len(PROBLEMS),) int64;
     each worker ends with a tail item {"tail": True, worker, end=DONE, problems, dropped} carrying the
-    counts after its last full batch and the size of the partial batch it dropped."""
+    counts after its last full batch and the size of the partial batch it dropped, or, when the remote store stays
+    down, with {"halt": message, worker} (nothing after its last batch is counted: a resume reads it again)."""
 
     def __init__(
         self,
@@ -148,6 +154,7 @@ class CaptionSampleStream(IterableDataset):
         shuffle_buffer: int,
         sampling: str = "every_caption",
         remote: str | None = None,
+        fetch_policy: RetryPolicy | None = None,
         interleave_shards: int = 4,
         spread_captions: bool = True,
     ) -> None:
@@ -157,7 +164,8 @@ class CaptionSampleStream(IterableDataset):
             )
         if sampling not in SAMPLING:
             raise ShardError(f"data.sampling must be one of {', '.join(SAMPLING)} (got {sampling!r})")
-        self.manifest, self.remote = manifest, remote
+        self.manifest = manifest
+        self.cache = ShardCache(remote, manifest.root, fetch_policy) if remote is not None else None
         self.rank, self.world_size = rank, world_size
         self.splits = max(1, num_workers)  # num_workers = 0 reads everything in the main process
         self.batch_size = batch_size
@@ -210,11 +218,15 @@ class CaptionSampleStream(IterableDataset):
         return torch.cat(ranges) if ranges else torch.empty(0, dtype=torch.long)
 
     def _shard_records(self, index: int, mds: MDSShards | None) -> Iterator[RawRecord | ShardProblem]:
-        """One shard's records in file order (a ShardProblem where it is missing or ends early)."""
+        """One shard's records in file order (a ShardProblem where it is missing, ends early or has changed)."""
         info = self.manifest.shards[index]
         if mds:
-            return mds.read(info.path.name)
-        return read_wds_shard(info.path, expected_bytes=info.bytes, expected_sha256=info.sha256)
+            yield from mds.read(info.path.name, info.sha256)
+            return
+        if self.cache is not None and not self.cache.fetch([info.path.name]):
+            yield ShardProblem("missing_shard", info.path.name)
+            return
+        yield from read_wds_shard(info.path, expected_bytes=info.bytes, expected_sha256=info.sha256)
 
     def sequence(self, worker: int) -> Iterator[CaptionSample | Problem]:
         """The worker's samples for the epoch, in training order; deterministic from (seed, epoch, rank, worker).
@@ -223,7 +235,7 @@ class CaptionSampleStream(IterableDataset):
         order = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker))
         order.shuffle(shards)
         mixing = random.Random(derived_seed(self.seed, self.epoch, self.rank, worker, -3))
-        mds = MDSShards(self.manifest.root, self.remote) if self.manifest.format == "mds" else None
+        mds = MDSShards(self.manifest.root, self.cache) if self.manifest.format == "mds" else None
 
         def one_pass(pass_index: int) -> Iterator[CaptionSample | Problem]:
             in_pass = list(shards)
@@ -268,39 +280,44 @@ class CaptionSampleStream(IterableDataset):
             if kind in SHARD_PROBLEMS:  # once per shard and epoch: name it where a user looks, so it can be repacked
                 print(f"data: {kind} {key} (epoch {self.epoch}, rank {self.rank}); repack it", flush=True)
 
-        for position, item in enumerate(self.sequence(worker)):
-            if position < start:  # resuming: already trained on before the checkpoint; not decoded
-                continue
-            if isinstance(item, Problem):
-                note(item.kind, item.key)
-                continue
-            if seen is not None and seen[item.caption_id]:  # trained on before a resume onto another layout
-                continue
-            image, problem = decode_image(item.image)
-            if problem:
-                note(problem, item.key)
-            if image is None:
-                continue
-            # Augmentation replays on resume. Only the CPU generator: torch.manual_seed would also queue a
-            # lazy CUDA seeding with a captured stack trace, costing milliseconds per sample.
-            torch.random.default_generator.manual_seed(derived_seed(self.seed, self.epoch, item.caption_id))
-            batch.append(
-                {
-                    "image": self.transform(image),
-                    "ids": self.tokenizer(item.text)[0],
-                    "pid": item.pid,
-                    "caption_id": item.caption_id,
-                }
-            )
-            if len(batch) == self.batch_size:
-                yield {
-                    **torch.utils.data.default_collate(batch),
-                    "worker": worker,
-                    "end": position + 1,
-                    "problems": problems.clone(),
-                }
-                batch = []
-                problems.zero_()
+        try:
+            for position, item in enumerate(self.sequence(worker)):
+                if position < start:  # resuming: already trained on before the checkpoint; not decoded
+                    continue
+                if isinstance(item, Problem):
+                    note(item.kind, item.key)
+                    continue
+                if seen is not None and seen[item.caption_id]:  # trained on before a resume onto another layout
+                    continue
+                image, problem = decode_image(item.image)
+                if problem:
+                    note(problem, item.key)
+                if image is None:
+                    continue
+                # Augmentation replays on resume. Only the CPU generator: torch.manual_seed would also queue a
+                # lazy CUDA seeding with a captured stack trace, costing milliseconds per sample.
+                torch.random.default_generator.manual_seed(derived_seed(self.seed, self.epoch, item.caption_id))
+                batch.append(
+                    {
+                        "image": self.transform(image),
+                        "ids": self.tokenizer(item.text)[0],
+                        "pid": item.pid,
+                        "caption_id": item.caption_id,
+                    }
+                )
+                if len(batch) == self.batch_size:
+                    yield {
+                        **torch.utils.data.default_collate(batch),
+                        "worker": worker,
+                        "end": position + 1,
+                        "problems": problems.clone(),
+                    }
+                    batch = []
+                    problems.zero_()
+        except RemoteUnavailable as error:  # the store stayed down: stop here; a resume reads the rest
+            log.error("data: %s (epoch %d, rank %d)", error, self.epoch, self.rank)
+            yield {"halt": str(error), "worker": worker}
+            return
         yield {"tail": True, "worker": worker, "end": DONE, "problems": problems.clone(), "dropped": len(batch)}
 
 

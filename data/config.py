@@ -5,6 +5,7 @@ engine/; engine/config.py composes these sections with the others into the full 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,11 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     shards: str = "data/luperson_mllm_shards"  # folder holding manifest.json and the shards (wds or MDS)
-    remote: str | None = None  # MDS only: where shards live (s3://..., gs://..., a path); `shards` is the local cache
+    # Where the shard folder lives when not local: s3://bucket/prefix (S3_ENDPOINT_URL names an S3-compatible store),
+    # http(s)://..., gs://..., or a path; `shards` is then this node's local cache of it (docs/data.md, "Remote shards").
+    remote: str | None = None
+    fetch_attempts: int = 8  # tries per remote file before the run stops (resumably) naming the endpoint and shard
+    fetch_first_wait_s: float = 1.0  # wait after the first failed try, doubling up to 60 s (8 tries: about 2 min)
     num_workers: int = 2  # DataLoader workers per rank
     shuffle_buffer: int = 2000  # samples held for shuffling inside a worker
     interleave_shards: int = 4  # shards each worker reads at once, records drawn from them at random
@@ -63,5 +68,11 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0 (got {self.num_workers})")
         if self.shuffle_buffer < 1:
             raise ConfigError(f"data.shuffle_buffer must be >= 1 (got {self.shuffle_buffer})")
+        if self.fetch_attempts < 1:
+            raise ConfigError(f"data.fetch_attempts must be >= 1 (got {self.fetch_attempts})")
+        if self.fetch_first_wait_s < 0:
+            raise ConfigError(f"data.fetch_first_wait_s must be >= 0 (got {self.fetch_first_wait_s})")
+        if self.remote is not None and urlsplit(self.remote).username is not None:
+            raise ConfigError("data.remote must not carry credentials (user:password@); set them in the environment")
         if self.interleave_shards < 1:
             raise ConfigError(f"data.interleave_shards must be >= 1 (got {self.interleave_shards})")

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.outputs import atomic_file
+from data.object_store import RemoteUnavailable, RetryPolicy, ShardCache, redact
 
 MANIFEST = "manifest.json"
 MDS_INDEX = "index.json"
@@ -48,12 +48,21 @@ class Manifest:
         return starts
 
     @classmethod
-    def load(cls, root: str | Path, remote: str | None = None) -> Manifest:
-        """Reads ROOT/manifest.json; with `remote` (MDS), ROOT is the local cache, filled from remote."""
+    def load(cls, root: str | Path, remote: str | None = None, policy: RetryPolicy | None = None) -> Manifest:
+        """Reads ROOT/manifest.json; with `remote` (a URL or a folder), ROOT is the node's local cache of it, and the
+        manifest (and MDS index) are fetched into it first; the shards follow when first read (data/object_store.py)."""
         root = Path(root)
         path = root / MANIFEST
         if remote is not None:
-            fetch(remote, root, MANIFEST)
+            cache = ShardCache(remote, root, policy)
+            try:
+                found = cache.fetch([MANIFEST])
+            except RemoteUnavailable as error:
+                raise ShardError(str(error)) from None
+            if not found:
+                raise ShardError(
+                    f"no {MANIFEST} at {redact(remote)} (or it may not be read): pack the data there first"
+                )
         if not path.is_file():
             raise ShardError(f"no {MANIFEST} in shard folder {root} (pack the data first: python -m data.pack ...)")
         try:
@@ -80,8 +89,13 @@ class Manifest:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ShardError(f"manifest {path} is malformed: {error!r}") from None
-        if manifest.format == "mds" and remote is not None:
-            fetch(remote, root, MDS_INDEX)
+        if remote is not None:
+            try:
+                found = manifest.format != "mds" or cache.fetch([MDS_INDEX])
+            except RemoteUnavailable as error:
+                raise ShardError(str(error)) from None
+            if not found:
+                raise ShardError(f"no {MDS_INDEX} at {redact(remote)} beside its {MANIFEST}: pack the data again")
             return manifest  # shards come from the remote when first read
         missing = [s.path.name for s in shards if not s.path.exists()]
         if len(missing) == len(shards):
@@ -89,17 +103,3 @@ class Manifest:
         if missing:  # the readers skip and count them every epoch
             log.warning("%d shard(s) listed in %s are missing, first: %s", len(missing), path, missing[0])
         return manifest
-
-
-def fetch(remote: str, local: Path, name: str) -> None:
-    """Copies remote/name into the local cache unless present (any scheme mosaicml-streaming downloads)."""
-    target = local / name
-    if target.is_file():
-        return
-    from streaming.base.storage.download import CloudDownloader
-
-    try:
-        with atomic_file(target) as partial:  # a per-process partial name: ranks sharing a cache each write their own
-            CloudDownloader.direct_download(f"{remote.rstrip('/')}/{name}", str(partial), timeout=120)
-    except Exception as error:
-        raise ShardError(f"cannot fetch {name} from {remote}: {error}") from None

@@ -47,7 +47,7 @@ def output_argument(
         raise ValueError(f"kind must be one of {OUTPUT_KINDS} (got {kind!r})")
     if (kind == "subfolders") != bool(subfolders):
         raise ValueError("subfolders names the sub-folders of a 'subfolders' output, and only of one")
-    action = parser.add_argument(flag, type=Path, **options)
+    action = parser.add_argument(flag, **({"type": Path} | options))  # a CLI may parse URLs too (data.pack)
     action.output_kind = kind
     action.output_subfolders = tuple(subfolders)
     return action

@@ -1,8 +1,8 @@
 """Pack an image folder and LUPerson-MLLM caption files into webdataset or MDS shards plus a manifest.
 
     python -m data.pack --images DIR --captions Ts-qwen.json Ts-shikra.json Td-qwen.json Td-shikra.json \
-        --out DIR [--format wds|mds] [--shard-size 256MB | --images-per-shard N] [--workers 4] \
-        [--order-seed 0] [--dirty-captions reference|same_captioner]
+        --out DIR|s3://BUCKET/PREFIX [--stage DIR] [--format wds|mds] [--shard-size 256MB | --images-per-shard N] \
+        [--workers 4] [--order-seed 0] [--dirty-captions reference|same_captioner]
 
 One record per image (data/records.py): the original image bytes, its captions, and for each caption its
 source and a stable global caption id (image index * num_sources + source index; for LUPerson the image
@@ -11,7 +11,11 @@ sorted file names (data/order.py; the manifest's `image_order`), never in file-n
 random sample of the data set. Dirty captions are replaced by the reference's rule or the same-captioner rule
 (data/caption_files.py) and counted per caption file in the manifest. Shards are written in parallel, each atomically,
 with a `.done` note beside it; rerunning the same command on an interrupted output packs only the
-shards still missing. manifest.json (counts, shard list, sha256 checksums) is written last."""
+shards still missing. manifest.json (counts, shard list, sha256 checksums) is written last.
+
+With `--out s3://bucket/prefix` the shards are packed into the local folder `--stage` and then uploaded, each file
+tagged with its sha256, the manifest last, so a reader never finds a manifest naming a shard not yet there; the same
+command rerun after an interruption resumes the packing and uploads only what is not there yet."""
 
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ from tqdm import tqdm
 from data.caption_files import DIRTY_RULES, CaptionError, load_captions
 from data.cli_errors import error_boundary, positive_int
 from data.manifest import MANIFEST
+from data.object_store import RetryPolicy, is_remote, redact, s3_client, upload_folder, uploaded_sha256
 from data.order import image_permutation, order_record
-from data.outputs import check_output_folder, output_argument, sha256_of, write_text_atomically
+from data.outputs import OutputError, check_output_folder, output_argument, sha256_of, write_text_atomically
 from data.records import FORMATS, PackedRecord, merge_mds_index, shard_name, write_shard
 
 IMAGE_SUFFIXES = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
@@ -239,14 +244,44 @@ def check_out(out: Path, *, inputs: list[Path] = ()) -> None:
     check_output_folder(out, flag="--out", overwrite=(out / PLAN).is_file(), protect=list(inputs), tool=TOOL)
 
 
+def out_location(text: str) -> Path | str:
+    """--out: a local folder, or a remote URL kept as text (a Path would fold its '//')."""
+    return text if is_remote(text) else Path(text)
+
+
+def check_remote_out(remote: str, stage: Path | None, *, policy: RetryPolicy) -> None:
+    """An s3:// --out needs a --stage folder; it must not hold another packing's manifest unless --stage resumes one
+    (the store is asked here, so an unreachable one fails before any packing)."""
+    if not remote.startswith("s3://"):
+        raise OutputError(f"--out {redact(remote)}: remote outputs are s3:// URLs (http is read-only)")
+    if stage is None:
+        raise OutputError(f"--out {redact(remote)} needs --stage DIR, the local folder the shards are packed in")
+    if uploaded_sha256(s3_client(), remote, MANIFEST, policy=policy) is not None and not (stage / PLAN).is_file():
+        raise OutputError(f"--out {redact(remote)} already holds a packing (manifest.json); choose another prefix")
+
+
+def publish(local: Path, remote: str, manifest: dict, *, policy: RetryPolicy) -> int:
+    """Uploads the shards (with MDS, the root index.json after them) and then the manifest; returns files sent."""
+    names = [str(f.relative_to(local)) for s in manifest["shards"] for f in _shard_files(local / s["name"])]
+    if manifest["format"] == "mds":
+        names.append("index.json")
+    return upload_folder(local, remote, [*names, MANIFEST], policy=policy)
+
+
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--captions", type=Path, nargs="+", required=True, help="caption JSON files")
     output_argument(
-        parser, "--out", kind="folder", required=True,
-        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume",
+        parser, "--out", kind="folder", required=True, type=out_location,
+        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume; or "
+        "s3://BUCKET/PREFIX (with --stage)",
+    )  # fmt: skip
+    output_argument(
+        parser, "--stage", kind="folder", default=None,
+        help="with an s3:// --out: the local folder the shards are packed in before they are uploaded (kept, so "
+        "that the same command resumes an interrupted packing or upload)",
     )  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="wds", help="webdataset tar or mosaicml-streaming MDS")
     size = parser.add_mutually_exclusive_group()
@@ -266,13 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images_per_shard is not None and args.images_per_shard <= 0:
         parser.error(f"--images-per-shard must be > 0 (got {args.images_per_shard})")
+    remote = args.out if isinstance(args.out, str) else None
+    policy = RetryPolicy()
     try:
-        check_out(args.out, inputs=[args.images, *args.captions])
+        if remote is not None:
+            check_remote_out(remote, args.stage, policy=policy)
+        local = args.stage if remote is not None else args.out
+        check_out(local, inputs=[args.images, *args.captions])
         shard_bytes = parse_size(args.shard_size) if args.shard_size else None
         manifest = pack(
             args.images,
             args.captions,
-            args.out,
+            local,
             images_per_shard=args.images_per_shard,
             shard_bytes=shard_bytes,
             fmt=args.format,
@@ -280,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
             order_seed=args.order_seed,
             dirty_rule=args.dirty_captions,
         )
+        if remote is not None:
+            sent = publish(local, remote, manifest, policy=policy)
+            print(f"uploaded {sent} file(s) to {redact(remote)}, manifest.json last", flush=True)
     except (CaptionError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"packed {manifest['num_images']} images, {manifest['num_captions']} captions into "
-        f"{len(manifest['shards'])} {args.format} shards in {args.out} (random image order, seed {args.order_seed}); "
+        f"{len(manifest['shards'])} {args.format} shards in {redact(remote) if remote else args.out} (random image order, seed {args.order_seed}); "
         f"dirty captions ({args.dirty_captions} rule) replaced: {sum(manifest['dirty_captions_replaced'].values())}, "
         f"dropped: {sum(manifest['dirty_captions_dropped'].values())}; images without "
         f"captions: {manifest['images_without_captions']['count']}; captions without images: "

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import webdataset as wds
 
+from data.object_store import ShardCache
+from data.outputs import sha256_of
+
 FORMATS = ("wds", "mds")
 MDS_COLUMNS = {"key": "str", "image": "bytes", "json": "bytes", "txt": "bytes"}
 MDS_SIZE_LIMIT = (1 << 32) - 1  # one .mds file per partition: MDS offsets are uint32
@@ -187,18 +190,19 @@ def _mds_intact_samples(path: Path, samples: int) -> int:
 
 
 class MDSShards:
-    """An MDS data set (merged index.json over partition folders) read through mosaicml-streaming's
-    Stream: shards are fetched from `remote` into the `local` cache when missing, hash-checked."""
+    """An MDS data set (merged index.json over partition folders) read through mosaicml-streaming's Stream from the
+    `local` folder; with a `cache` (data/object_store.py), a partition's files are fetched into it when first read."""
 
-    def __init__(self, local: Path, remote: str | None = None) -> None:
+    def __init__(self, local: Path, cache: ShardCache | None = None) -> None:
         from streaming.base.stream import Stream
 
-        self.local, self.remote = Path(local), remote
-        self.stream = Stream(remote=remote, local=str(local))
+        self.local, self.cache = Path(local), cache
+        self.stream = Stream(remote=None, local=str(local))
         self.stream.apply_default(
-            {"split": None, "download_retry": 2, "download_timeout": 120, "validate_hash": None, "keep_zip": False}
+            {"split": None, "download_retry": 0, "download_timeout": 120, "validate_hash": None, "keep_zip": False}
         )
         self._readers: dict[str, list] | None = None
+        self._changed: dict[str, bool] = {}  # per partition, once per reader object (an epoch's worker)
 
     def _partitions(self) -> dict[str, list]:
         if self._readers is None:
@@ -212,14 +216,29 @@ class MDSShards:
                 self._readers.setdefault(Path(reader.raw_data.basename).parts[0], []).append(reader)
         return self._readers
 
-    def read(self, name: str) -> Iterator[RawRecord | ShardProblem]:
+    def _fetched(self, name: str, readers: list) -> bool:
+        """The partition's files are in the local folder (fetched now when there is a cache); False when missing."""
+        if self.cache is None:
+            return True
+        files = [f"{name}/index.json", *(reader.raw_data.basename for reader in readers)]
+        return self.cache.fetch(files, unit=name)  # RemoteUnavailable passes up to the stream
+
+    def _changed_since_packed(self, name: str, expected_sha256: str | None) -> bool:
+        if expected_sha256 is None:
+            return False
+        if name not in self._changed:
+            self._changed[name] = sha256_of(self.local / name) != expected_sha256
+        return self._changed[name]
+
+    def read(self, name: str, expected_sha256: str | None = None) -> Iterator[RawRecord | ShardProblem]:
         readers = self._partitions().get(name)
-        if not readers:
+        if not readers or not self._fetched(name, readers):
             yield ShardProblem("missing_shard", name)
             return
+        changed = self._changed_since_packed(name, expected_sha256)
         for reader in readers:
             try:
-                self.stream.prepare_shard(reader)  # download (and validate) when not cached
+                self.stream.prepare_shard(reader)
             except Exception:
                 yield ShardProblem("missing_shard", name)
                 return
@@ -235,3 +254,5 @@ class MDSShards:
             if intact < reader.samples:
                 yield ShardProblem("truncated_shard", name)
                 return
+        if changed:
+            yield ShardProblem("changed_shard", f"{name} (sha256 differs from the manifest's)")

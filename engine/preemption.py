@@ -30,6 +30,19 @@ class StoppedBySignal(Exception):
         self.signals, self.step, self.tag = signals, step, tag
 
 
+class StoppedOnDataOutage(Exception):
+    """Raised on every rank once the checkpoint of the step they stopped at is complete, because a rank's remote
+    shards could not be fetched (the store stayed down past data.fetch_attempts). The message is one line; on the
+    rank that could not fetch, it names the endpoint and the shard."""
+
+    def __init__(self, reason: str, step: int, tag: str, *, here: bool) -> None:
+        super().__init__(
+            f"{reason}; stopped after step {step} with checkpoint {tag} saved: once the store answers, the same "
+            "command with --resume auto continues from it"
+        )
+        self.step, self.tag, self.here = step, tag, here
+
+
 _received: list[str] = []  # names of the stop signals this process got
 
 

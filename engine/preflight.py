@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from data.manifest import Manifest, ShardError
+from data.manifest import ShardError
 from engine.config import Config, ConfigError
 from engine.run_folder import check_compatible, prepare_run_folder, resume_checkpoint, world_size
 
@@ -35,9 +35,12 @@ def check_paths(config: Config) -> None:
 
 def check_data(config: Config, *, world: int) -> None:
     """The manifest reads, and every rank gets at least one batch of every epoch from it."""
-    from engine.data_setup import build_caption_stream  # the data pipeline's imports only once the config is good
+    from engine.data_setup import (  # the data pipeline's imports only once the config is good
+        build_caption_stream,
+        load_manifest,
+    )
 
-    manifest = Manifest.load(config.data.shards, remote=config.data.remote)
+    manifest = load_manifest(config)
     stream = build_caption_stream(config, manifest, rank=0, world_size=world)
     for epoch in range(config.train.epochs):
         batches = stream.batches_per_rank(epoch)

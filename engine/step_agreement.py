@@ -2,7 +2,8 @@
 
 Two questions need every rank's answer: does every rank still have a batch (damaged data can leave one rank
 short of the manifest's count, and a rank that stops stepping would leave the others waiting in the SDM
-gathers), and did any rank get a stop signal (engine/preemption.py). Both are answered by one all-gather of a
+gathers), did any rank get a stop signal (engine/preemption.py), and did any rank's remote store stay down
+(data/object_store.py). Both are answered by one all-gather of a
 few CPU integers on the gloo control group (`collectives.agree`), every `train.agree_every_steps` optimizer
 steps; between agreements a step makes no collective of its own beyond the SDM gathers and DeepSpeed's
 gradient reduction, and no host sync.
@@ -34,6 +35,7 @@ class Agreement:
     batches: int  # every rank trains exactly this many batches before the next agreement
     asked: int  # how many were asked for: fewer agreed means a rank's data ended and the epoch ends after them
     stop_signals: str | None  # a stop signal any rank got ("SIGTERM on 1 of 2 ranks"): checkpoint and stop now
+    halted_rank: int | None = None  # the first rank whose remote shards could not be fetched: checkpoint and stop now
 
     @property
     def data_ended(self) -> bool:
@@ -51,10 +53,14 @@ class LookaheadBatches:
         self.trailing: list[dict] = []  # tails after the last batch, once the loader is done
         self.fetched = 0
         self.loader_done = False
+        self.halted: str | None = None  # why this rank's data stopped: the remote store stayed down
 
     def _fetch_one(self) -> None:
         group = []
         for item in self.items:
+            if item.get("halt"):  # the items of this group are not recorded: a resume delivers them again
+                self.halted, self.loader_done = item["halt"], True
+                return
             group.append(item)
             if not item.get("tail"):  # the same test as DataPosition.consume
                 self.held.append(group)
@@ -71,13 +77,15 @@ class LookaheadBatches:
         self._top_up(self.lookahead)
 
     def agree(self, asked: int, *, before: Callable[[], None] | None = None) -> Agreement:
-        """A collective: how many of the next `asked` batches every rank holds, and any rank's stop signal."""
+        """A collective: how many of the next `asked` batches every rank holds, any rank's stop signal, and the first
+        rank whose data halted."""
         self._top_up(asked)
         if before is not None:
             before()
-        rows = collectives.agree([min(len(self.held), asked), *preemption.local_votes()])
-        votes = [sum(column) for column in zip(*(row[1:] for row in rows), strict=True)]
-        return Agreement(min(row[0] for row in rows), asked, preemption.describe_votes(votes))
+        rows = collectives.agree([min(len(self.held), asked), int(self.halted is not None), *preemption.local_votes()])
+        votes = [sum(column) for column in zip(*(row[2:] for row in rows), strict=True)]
+        halted = next((rank for rank, row in enumerate(rows) if row[1]), None)
+        return Agreement(min(row[0] for row in rows), asked, preemption.describe_votes(votes), halted)
 
     def next_batch(self) -> dict:
         """The next held batch, now recorded in the data position (with the tails delivered before it)."""

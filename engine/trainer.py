@@ -16,7 +16,6 @@ import yaml
 from tqdm import tqdm
 
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
-from data.manifest import Manifest
 from data.order import derived_seed
 from data.outputs import claim_folder, folder_owner, write_text_atomically
 from data.position import DataPosition
@@ -32,7 +31,7 @@ from engine.checkpoint import (
 from engine.collectives import device
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.data_health import check_epoch_data
-from engine.data_setup import build_caption_stream
+from engine.data_setup import build_caption_stream, load_manifest
 from engine.deepspeed_setup import deepspeed_config, init_distributed
 from engine.environment import ENVIRONMENT_FILE, run_environment
 from engine.losses import id_loss, mlm_loss, sdm_loss
@@ -160,7 +159,7 @@ def train(
     if config.train.cpu_threads:  # a fixed count makes CPU runs bitwise reproducible on one machine
         torch.set_num_threads(config.train.cpu_threads)
 
-    manifest = Manifest.load(config.data.shards, remote=config.data.remote)
+    manifest = load_manifest(config)
     stream = build_caption_stream(config, manifest, rank=rank, world_size=world)
     position = DataPosition(stream.splits, manifest.caption_id_space, len(PROBLEMS))
     # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
@@ -380,6 +379,12 @@ def run_epoch(
                 progress.close()
                 log.write({"epoch": epoch, "stopped_after_step": step, "signals": agreed.stop_signals})
                 raise preemption.StoppedBySignal(agreed.stop_signals, step, f"step{step:08d}")
+            if agreed.halted_rank is not None:  # a rank's remote store stayed down: all stop here, losing nothing
+                checkpoint(f"step{step:08d}")
+                progress.close()
+                log.write({"epoch": epoch, "stopped_after_step": step, "data_unreachable_on_rank": agreed.halted_rank})
+                reason = held.halted or f"rank {agreed.halted_rank} could not fetch its shards"
+                raise preemption.StoppedOnDataOutage(reason, step, f"step{step:08d}", here=held.halted is not None)
             left, data_ended = agreed.batches, agreed.data_ended
             if left == 0:
                 break

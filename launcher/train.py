@@ -4,7 +4,8 @@ python -m launcher.train --config configs/demo_cpu.yaml [section.key=value ...] 
     [--overwrite] [--debug]
 deepspeed --num_gpus N --module launcher.train --config ... (the launcher adds --local_rank)
 launcher/train.sh and launcher/slurm/pretrain.sbatch run it with --resume auto. Exit status: 0 done,
-2 a user error (one line; --debug or TBPS_DEBUG=1 shows the traceback), 75 stopped on SIGUSR1/SIGTERM after a checkpoint (run it again), 1 a lost rank.
+2 a user error (one line; --debug or TBPS_DEBUG=1 shows the traceback), 75 stopped on SIGUSR1/SIGTERM or a remote
+shard store that stayed down, after a checkpoint (run it again), 1 a lost rank.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from data.manifest import ShardError
 from engine import liveness
 from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
-from engine.preemption import EXIT_RESUMABLE, StoppedBySignal, end_data_workers, install_stop_handlers, resume_target
+from engine.preemption import (
+    EXIT_RESUMABLE,
+    StoppedBySignal,
+    StoppedOnDataOutage,
+    end_data_workers,
+    install_stop_handlers,
+    resume_target,
+)
 
 USER_ERRORS = (ConfigError, ShardError, CaptionError, CheckpointError, DatasetError, FileNotFoundError)
 
@@ -73,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         clean = True
         if rank0:
             print(f"{stop}; the same command with --resume auto continues from it", flush=True)
+        return EXIT_RESUMABLE
+    except StoppedOnDataOutage as stop:  # every rank saved the same step; the rank that could not fetch says why
+        clean = True
+        if stop.here:
+            print(f"error: {stop}", file=sys.stderr, flush=True)
         return EXIT_RESUMABLE
     except RuntimeError:  # a failed collective: when a rank died, name it (once) instead of a traceback per rank
         lost_rank = liveness.lost_ranks_reported()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import caption_files, write_caption_set
+from tests.helpers import S3Server, caption_files, s3_environment, write_caption_set
 
 
 @pytest.fixture
@@ -32,3 +32,23 @@ def packed_shards(caption_set_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "shards"
     pack(caption_set_dir / "imgs", caption_files(caption_set_dir), out, images_per_shard=12)
     return out
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real S3-compatible server (moto's) on 127.0.0.1 with an empty bucket `shards`, and this process's
+    environment pointing boto3 and streaming at it with test credentials. Stopped when the test ends."""
+    import urllib.request
+
+    import boto3
+
+    server = S3Server()
+    server.start()
+    urllib.request.urlopen(urllib.request.Request(f"{server.endpoint}/moto-api/reset", method="POST"), timeout=10)
+    for name, value in s3_environment(server.endpoint, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    boto3.session.Session().client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="shards")
+    try:
+        yield server
+    finally:
+        server.stop()
