@@ -132,10 +132,24 @@ def download(url: str, target: Path, *, timeout: float) -> None:
         downloader.clean_up()
 
 
+def require_boto3(remote: str) -> None:
+    """s3:// goes through boto3, an extra (pyproject.toml) that a PyTorch image may lack: say so before any fetch."""
+    if urllib.parse.urlsplit(remote).scheme != "s3":
+        return
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"{redact(remote)} is an s3:// location, which needs boto3: pip install 'boto3>=1.40,<2' "
+            "(or a wheelhouse made with --with s3)"
+        ) from None
+
+
 class ShardCache:
     """The local cache of a remote shard folder: `fetch` makes files present, each fetched once per node."""
 
     def __init__(self, remote: str, local: Path, policy: RetryPolicy | None = None) -> None:
+        require_boto3(remote)
         self.remote, self.local, self.policy = remote, Path(local), policy or RetryPolicy()
 
     def fetch(self, names: list[str], *, unit: str | None = None) -> bool:
@@ -179,6 +193,7 @@ def _bucket_and_key(url: str) -> tuple[str, str]:
 
 def s3_client():
     """boto3's S3 client for S3_ENDPOINT_URL (AWS when unset), with boto3's own credential chain."""
+    require_boto3("s3://")
     import boto3
 
     return boto3.session.Session().client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None)

@@ -71,6 +71,7 @@ OPTIONAL = {
         "sniffio",
     ),  # fmt: skip
     "faiss": ("faiss-cpu",),  # eval search --approximate
+    "s3": ("boto3", "botocore", "s3transfer", "jmespath"),  # shards in s3:// (the image has urllib3 and dateutil)
 }
 BUILT_HERE = ("deepspeed",)  # published as a source archive only: built into a py3-none-any wheel with our torch
 MACHINES = ("x86_64", "aarch64")

@@ -14,7 +14,7 @@ import pytest
 
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.manifest import Manifest
-from data.object_store import RetryPolicy, s3_client
+from data.object_store import RetryPolicy, ShardCache, s3_client
 from data.pack import main as pack_main
 from engine.config import AugmentConfig
 from tests.helpers import REPO, S3_SECRET, TINY, caption_files, files_containing, http_folder_server, run_on_ranks
@@ -218,3 +218,10 @@ def test_training_reads_mds_shards_from_s3(caption_set_dir: Path, tmp_path: Path
     assert result.returncode == 0, result.stderr[-3000:]
     assert "24 batches/epoch" in result.stdout and (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert S3_SECRET not in result.stdout + result.stderr and not files_containing(tmp_path, S3_SECRET)
+
+
+def test_s3_without_boto3_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # a PyTorch image without the s3 extra
+    with pytest.raises(ValueError, match=r"s3://bucket/shards is an s3:// location, which needs boto3: pip install"):
+        ShardCache("s3://bucket/shards", tmp_path / "cache")
+    ShardCache("https://example.org/shards", tmp_path / "cache")  # http(s) needs nothing more
