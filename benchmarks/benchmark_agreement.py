@@ -12,7 +12,7 @@ import sys
 import time
 
 from data.cli_errors import error_boundary
-from engine import collectives
+from engine.runtime import collectives
 
 
 @error_boundary
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=500)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     args = parser.parse_args(argv)
-    from engine.deepspeed_setup import init_distributed, shutdown_distributed
+    from engine.runtime.deepspeed_setup import init_distributed, shutdown_distributed
 
     init_distributed()
     row = [16, 0, 0]  # batches held, then one vote per stop signal

@@ -1,4 +1,4 @@
-"""Query latency, memory and recall of person search (eval.gallery_search) on synthetic gallery vectors.
+"""Query latency, memory and recall of person search (eval.search.gallery_search) on synthetic gallery vectors.
 
     python -m benchmarks.benchmark_gallery_search [--sizes 100000 1000000] [--queries 100] [--probes 16]
 
@@ -62,7 +62,7 @@ def _build(size: int, queries: int, uniform: bool, folder: str, results) -> None
     import faiss
     from safetensors.torch import save_file
 
-    from eval.gallery_index import build_approximate
+    from eval.search.gallery_index import build_approximate
 
     torch.set_num_threads(THREADS)
     faiss.omp_set_num_threads(THREADS)
@@ -78,7 +78,7 @@ def _build(size: int, queries: int, uniform: bool, folder: str, results) -> None
 def _exact(folder: str, k: int, budget: int, timed: int, results) -> None:
     from safetensors.torch import load_file
 
-    from eval.gallery_search import exact_top_k
+    from eval.search.gallery_search import exact_top_k
 
     torch.set_num_threads(THREADS)
     queries = load_file(f"{folder}/vectors.safetensors")["queries"]

@@ -25,9 +25,9 @@ import torch
 from data.cli_errors import error_boundary
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID
 from engine.config import ModelConfig
-from engine.losses import sdm_loss
+from engine.method.losses import sdm_loss
+from engine.method.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from engine.model import CLIPDualEncoder
-from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 TAP_LAYER = 10  # layer l of docs/method.md

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from data.cli_errors import error_boundary
-from engine.noise_table import ShardedNoiseTable, quantise
+from engine.method.noise_table import ShardedNoiseTable, quantise
 from tests.helpers import run_on_ranks
 
 CHUNK = 65536

@@ -6,7 +6,7 @@ python -m benchmarks.benchmark_train_step --config configs/pretrain_luperson_mll
 deepspeed --num_gpus 2 --module benchmarks.benchmark_train_step ...   (several ranks; gloo on the CPU)
 
 Per masking mode (NAM, then EM, alternating step by step so that other load slows both alike):
-- samples/s of `engine.trainer.train_step` itself, untouched, one device sync per step;
+- samples/s of `engine.runtime.trainer.train_step` itself, untouched, one device sync per step;
 - the same step split into its parts (masking, forward, SDM with its gathers, backward, optimizer, NAM scoring,
   noise-table record), timed with a device sync between parts, so the parts add up to a little more than the step;
 - the FLOPs of one whole step, counted by torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions and
@@ -102,12 +102,12 @@ class PartTimer:
 
 
 def timed_train_step(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> dict:
-    """engine.trainer.train_step's SDM pretraining path, piece by piece, each piece timed: the same functions in the
+    """engine.runtime.trainer.train_step's SDM pretraining path, piece by piece, each piece timed: the same functions in the
     same order. Returns seconds per part."""
-    from engine import collectives
-    from engine.collectives import device
-    from engine.losses import sdm_loss
-    from engine.nam import NoiseAwareMasker, valid_token_mask
+    from engine.method.losses import sdm_loss
+    from engine.method.nam import NoiseAwareMasker, valid_token_mask
+    from engine.runtime import collectives
+    from engine.runtime.collectives import device
     from kernels.token_patch_max_cosine import token_patch_max_cosine
 
     timer = PartTimer()
@@ -152,8 +152,8 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
 
 def whole_step_seconds(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> float:
     """The untouched train_step, from its call to the device finishing its work."""
-    from engine.nam import NoiseAwareMasker
-    from engine.trainer import train_step
+    from engine.method.nam import NoiseAwareMasker
+    from engine.runtime.trainer import train_step
 
     masker = NoiseAwareMasker(config.nam, noise_table)
     synchronize()
@@ -178,8 +178,8 @@ class _GlobalTotalOnly:
 
 def count_step_flops(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> int:
     """FLOPs of one train_step on this rank (forward, backward, NAM scoring and the optimizer's matmuls, if any)."""
-    from engine.nam import NoiseAwareMasker
-    from engine.trainer import train_step
+    from engine.method.nam import NoiseAwareMasker
+    from engine.runtime.trainer import train_step
 
     masker = NoiseAwareMasker(config.nam, noise_table)
     counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
@@ -202,15 +202,15 @@ def with_masking(config: Config, masking: str) -> Config:
 
 
 def build_engine(config: Config, *, total_steps: int, world: int):
-    """The training model and DeepSpeed engine exactly as engine.trainer.train builds them."""
+    """The training model and DeepSpeed engine exactly as engine.runtime.trainer.train builds them."""
     import deepspeed
 
-    from engine.deepspeed_setup import deepspeed_config
-    from engine.training_model import build_training_model, parameter_groups
+    from engine.model.training_model import build_training_model, parameter_groups
+    from engine.runtime.deepspeed_setup import deepspeed_config
 
     torch.manual_seed(config.train.seed)
     model = build_training_model(config, SimpleNamespace(num_identities=None, root=Path("synthetic")))
-    from engine.schedule import build_optimizer
+    from engine.runtime.schedule import build_optimizer
 
     ds_config = deepspeed_config(config, world_size=world)
     engine, _, _, _ = deepspeed.initialize(
@@ -222,8 +222,8 @@ def build_engine(config: Config, *, total_steps: int, world: int):
 
 def run_benchmark(config: Config, *, steps: int, modes: tuple[str, ...] = ("nam", "em")) -> dict:
     """Every rank runs this (a collective); returns the result that rank 0 reports."""
-    from engine import collectives
-    from engine.noise_table import ShardedNoiseTable
+    from engine.method.noise_table import ShardedNoiseTable
+    from engine.runtime import collectives
 
     rank, world = collectives.rank(), collectives.world_size()
     batch_size = config.train.batch_size
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from engine.deepspeed_setup import init_distributed, shutdown_distributed
+    from engine.runtime.deepspeed_setup import init_distributed, shutdown_distributed
 
     init_distributed()
     try:

@@ -31,8 +31,8 @@ from torch import nn
 
 from data.cli_errors import error_boundary
 from data.outputs import check_output_file, output_argument, write_text_atomically
-from engine.losses import sdm_loss
-from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.method.losses import sdm_loss
+from engine.method.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
 TEMPERATURE = 0.02
 MASK_PROB = 0.15

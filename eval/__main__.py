@@ -22,10 +22,10 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
     "run": ("eval.run", "retrieval metrics (R1, R5, R10, mAP, mINP) of a model on a dataset split"),
     "stats": ("eval.stats", "ids, images and captions of every split of a dataset"),
     "export": ("eval.export", "a transformers CLIP folder from a checkpoint"),
-    "index": ("eval.gallery_index", "encode a folder of images into a gallery index"),
-    "search": ("eval.gallery_search", "search a gallery index by description"),
-    "serve": ("eval.gallery_server", "a local web page to search a gallery index"),
-    "noise-auroc": ("eval.noise_auroc", "AUROC of NAM's noise for known wrong words against correct ones"),
+    "index": ("eval.search.gallery_index", "encode a folder of images into a gallery index"),
+    "search": ("eval.search.gallery_search", "search a gallery index by description"),
+    "serve": ("eval.search.gallery_server", "a local web page to search a gallery index"),
+    "noise-auroc": ("eval.analysis.noise_auroc", "AUROC of NAM's noise for known wrong words against correct ones"),
     "plot": ("eval.plot", "a run's training and eval curves as one PNG"),
 }
 

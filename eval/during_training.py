@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from data.datasets import DATASETS, DatasetError, RetrievalSplit, load_split
-from engine import collectives
 from engine.config import EvalConfig
 from engine.model import CLIPDualEncoder
+from engine.runtime import collectives
 from eval.encode import encode_split
 from eval.metrics import retrieval_metrics_from_features
 

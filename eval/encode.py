@@ -16,8 +16,8 @@ from tqdm import tqdm
 from data.datasets import RetrievalSplit
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
-from engine import collectives
 from engine.model import CLIPDualEncoder
+from engine.runtime import collectives
 
 
 def _quiet() -> bool:

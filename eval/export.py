@@ -38,9 +38,9 @@ from data.cli_errors import error_boundary
 from data.outputs import atomic_folder, check_output_folder, output_argument
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
-from engine.checkpoint import CheckpointError, load_exported_model
 from engine.model import CLIPDualEncoder
 from engine.model.weights import VISION_POSITIONS
+from engine.runtime.checkpoint import CheckpointError, load_exported_model
 
 _BILINEAR = 2  # PIL.Image.BILINEAR, as data.transforms resizes by default
 

@@ -19,9 +19,9 @@ import torch
 
 from data.datasets import RetrievalSplit, split_stats
 from data.outputs import sha256_of
-from engine.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, described_model_config, is_weights_file
 from engine.config import Config, config_to_dict
 from engine.model import CLIPDualEncoder
+from engine.runtime.checkpoint import MODEL_CONFIG_FILE, MODEL_FILE, described_model_config, is_weights_file
 
 METRIC_KEYS = ("R1", "R5", "R10", "mAP", "mINP")
 
@@ -130,6 +130,6 @@ def results_json(
         "metrics": metrics,
         "timings": timings,  # encode_seconds, metric_seconds
         "seconds": timings["encode_seconds"] + timings["metric_seconds"],
-        "environment": environment,  # engine.environment.run_environment
+        "environment": environment,  # engine.runtime.environment.run_environment
     }
     return json.dumps(result, indent=1)

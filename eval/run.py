@@ -28,15 +28,15 @@ from data.outputs import (
     output_argument,
     write_text_atomically,
 )
-from engine import collectives
-from engine.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 from engine.config import ConfigError, load_config
-from engine.environment import run_environment
 from engine.model import build_model
+from engine.runtime import collectives
+from engine.runtime.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
+from engine.runtime.environment import run_environment
 from eval import report
 from eval.encode import encode_split
-from eval.gallery import drop_undecodable
 from eval.html import write_html
+from eval.image_check import drop_undecodable
 from eval.metrics import retrieval_metrics_from_features
 from eval.stats import add_dataset_args, fail
 
@@ -93,7 +93,7 @@ def build(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: extract features on all
-        from engine.deepspeed_setup import init_distributed  # deepspeed only when the launcher started us
+        from engine.runtime.deepspeed_setup import init_distributed  # deepspeed only when the launcher started us
 
         init_distributed()
     try:

@@ -202,7 +202,7 @@ def stand_in_clip(out: Path, size: WorldSize) -> Path:
     _python(*args, *extra, log=out / "stand_in" / "train.log")
     _python(
         "-m",
-        "engine.openai_format",
+        "eval.openai_format",
         "--model",
         str(run_dir / "final"),
         "--out",
@@ -214,7 +214,7 @@ def stand_in_clip(out: Path, size: WorldSize) -> Path:
 
 def _load_model(path: Path, tap_layer: int | None = None):
     """An exported model folder, or the OpenAI-format stand-in through model.pretrained."""
-    from engine.checkpoint import load_exported_model
+    from engine.runtime.checkpoint import load_exported_model
 
     model, _ = load_exported_model(path)
     if tap_layer is not None:
@@ -233,7 +233,7 @@ def _stand_in_model(clip: Path, size: WorldSize, tap_layer: int):
 def noise_auroc(model, raw_dir: Path, max_captions: int) -> dict:
     import torch
 
-    from eval.noise_auroc import score_words, select_captions, summarise_group
+    from eval.analysis.noise_auroc import score_words, select_captions, summarise_group
 
     captions, _ = select_captions(raw_dir, max_captions)
     torch.set_num_threads(1)
@@ -285,9 +285,9 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
     from data.manifest import MANIFEST, Manifest
     from data.order import packed_positions
     from data.tokenizer import CLIPTokenizer
-    from engine.nam import mask_probabilities, valid_token_mask
-    from engine.noise_table import UNSCORED, dequantise
-    from eval.noise_auroc import select_captions, word_token_spans
+    from engine.method.nam import mask_probabilities, valid_token_mask
+    from engine.method.noise_table import UNSCORED, dequantise
+    from eval.analysis.noise_auroc import select_captions, word_token_spans
 
     state = load_file(str(run_dir / "checkpoints" / "epoch0001" / "rank00000_state.safetensors"))
     owned = state["noise_table.owned"]  # (captions, N) uint8, row = caption id on one rank
@@ -354,7 +354,7 @@ def run_row(
                 result["masking_epoch_2"] = masking_in_epoch_2(run_dir, raw, shards, 0.15, size.sweep_captions)
     result |= {"row": row.name, "seed": seed, "seconds": round(time.perf_counter() - started, 1)}
     # what the figures depend on beyond the seed: this process's (the evaluation's) and the training run's
-    from engine.environment import ENVIRONMENT_FILE, run_environment
+    from engine.runtime.environment import ENVIRONMENT_FILE, run_environment
 
     result["environment"] = run_environment()
     if row.trains and (result_path.parent / "run" / ENVIRONMENT_FILE).is_file():

@@ -43,7 +43,7 @@ rm -rf "$CLIP_RUN"
 "$VENV/bin/deepspeed" --num_gpus 2 --master_port "$PORT" --module launcher.train --config configs/synthetic_clip.yaml \
   "data.shards=$DATA/web_shards" "train.run_dir=$CLIP_RUN" train.batch_size=32 ${DEMO_CLIP_OVERRIDES:-}
 echo "== 4/7 save it in OpenAI's layout; its zero-shot transfer and its noise AUROC at NAM's tap layer"
-$PY -m engine.openai_format --model "$CLIP_RUN/final" --out "$CLIP_PT" --overwrite
+$PY -m eval.openai_format --model "$CLIP_RUN/final" --out "$CLIP_PT" --overwrite
 eval_targets stand_in --config configs/demo_cpu.yaml "model.pretrained=$CLIP_PT"
 $PY -m eval noise-auroc --config configs/demo_cpu.yaml --data "$DATA/luperson_mllm" --max-captions 2000 \
   "model.pretrained=$CLIP_PT"

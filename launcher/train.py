@@ -20,10 +20,10 @@ from data.caption_files import CaptionError
 from data.cli_errors import error_boundary
 from data.datasets import DatasetError
 from data.manifest import ShardError
-from engine import liveness
-from engine.checkpoint import CheckpointError
 from engine.config import ConfigError, load_config
-from engine.preemption import (
+from engine.runtime import liveness
+from engine.runtime.checkpoint import CheckpointError
+from engine.runtime.preemption import (
     EXIT_RESUMABLE,
     StoppedBySignal,
     StoppedOnDataOutage,
@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, args.overrides)
         resume = resume_target(args.resume, Path(config.train.run_dir), announce=rank0)
-        from engine.preflight import check_before_training
+        from engine.runtime.preflight import check_before_training
 
         resume = check_before_training(config, resume=resume, overwrite=args.overwrite)  # before anything is written
-        from engine.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
+        from engine.runtime.trainer import train  # heavy imports (deepspeed) only once the config is known to be good
         from eval.during_training import TrainingEvaluator
 
         interpolation = config.data.augment.interpolation  # evaluation resizes as training does
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch.distributed as dist
 
         if dist.is_initialized() and not lost_rank:  # leaving a group that lost a rank may hang; exiting cleans up
-            from engine.deepspeed_setup import shutdown_distributed  # imported by the trainer already
+            from engine.runtime.deepspeed_setup import shutdown_distributed  # imported by the trainer already
 
             shutdown_distributed(clean=clean)
         end_data_workers()

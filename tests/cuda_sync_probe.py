@@ -15,12 +15,12 @@ import deepspeed
 import torch
 
 from engine.config import Config, NamConfig, TrainConfig
-from engine.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
-from engine.nam import NoiseAwareMasker
-from engine.noise_table import ShardedNoiseTable
-from engine.schedule import build_optimizer
-from engine.trainer import LossWindow, train_step
-from engine.training_model import build_training_model, parameter_groups
+from engine.method.nam import NoiseAwareMasker
+from engine.method.noise_table import ShardedNoiseTable
+from engine.model.training_model import build_training_model, parameter_groups
+from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
+from engine.runtime.schedule import build_optimizer
+from engine.runtime.trainer import LossWindow, train_step
 
 WARMUP_STEPS, CHECKED_STEPS, BATCH = 3, 3, 8
 

@@ -29,8 +29,8 @@ from PIL import Image
 from benchmarks.reference_step import ReferenceSizes
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
-from engine.collectives import free_port
 from engine.config import AugmentConfig, ModelConfig
+from engine.runtime.collectives import free_port
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -299,7 +299,7 @@ def fake_run(run_dir: Path, model) -> None:
     DeepSpeed state is a small torch.save archive, which is all the checks before training read of it."""
     from safetensors.torch import save_file
 
-    from engine.checkpoint import export_model
+    from engine.runtime.checkpoint import export_model
 
     checkpoints = run_dir / "checkpoints"
     for epoch in (1, 2):
@@ -321,9 +321,9 @@ def build_cli_inputs(root: Path) -> dict[str, Path]:
 
     from data.pack import pack
     from data.synthetic import generate
-    from engine.checkpoint import export_model
     from engine.config import config_to_dict
     from engine.model import build_model
+    from engine.runtime.checkpoint import export_model
 
     raw = write_caption_set(root / "raw", images=16)
     pack(raw / "imgs", caption_files(raw), root / "shards", images_per_shard=4)

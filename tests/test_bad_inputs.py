@@ -22,7 +22,7 @@ from data.pack import main as pack_main
 from data.pack_dataset import main as pack_dataset_main
 from data.synthetic.cli import main as synthetic_main
 from eval.__main__ import main as eval_main
-from eval.noise_auroc import main as noise_auroc_main
+from eval.analysis.noise_auroc import main as noise_auroc_main
 from eval.plot import main as plot_main
 from launcher.train import main as train_main
 from tests.helpers import (
@@ -670,7 +670,7 @@ def test_boundary_prints_our_errors_once_over_several_ranks(monkeypatch):
 
 def test_damaged_share_threshold(world):
     from data.manifest import Manifest
-    from engine.data_health import DamagedDataError, check_epoch_data
+    from engine.runtime.data_health import DamagedDataError, check_epoch_data
 
     manifest = Manifest.load(world["shards"])
     check_epoch_data(0, {"undecodable_image": 10}, trained=90, manifest=manifest, max_damaged_share=0.1)  # 10%
@@ -684,7 +684,7 @@ def test_damaged_share_threshold(world):
 
 
 def test_overwrite_moves_the_old_run_aside(run_copy):
-    from engine.run_folder import prepare_run_folder
+    from engine.runtime.run_folder import prepare_run_folder
 
     before = {Path(k).relative_to(run_copy): v for k, v in digest(run_copy).items()}
     moved = prepare_run_folder(run_copy, resume=None, overwrite=True)

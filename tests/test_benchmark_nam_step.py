@@ -3,7 +3,7 @@
 import torch
 
 from benchmarks.benchmark_nam_step import MASK_PROB, StepRunner, time_steps
-from engine.nam import valid_token_mask
+from engine.method.nam import valid_token_mask
 from tests.helpers import tiny_model_config
 
 

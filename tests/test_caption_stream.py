@@ -171,7 +171,7 @@ def test_preflight_names_the_rank_that_gets_no_full_batch(tmp_path: Path):
     the 2-image shard has no batch of 5; the error names that rank and its share, not the average."""
     from data.pack import pack
     from engine.config import load_config
-    from engine.preflight import check_data
+    from engine.runtime.preflight import check_data
     from tests.helpers import REPO, caption_files, write_caption_set
 
     raw = write_caption_set(tmp_path / "raw", images=26)

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from engine.checkpoint import TRAIN_STATE_FILE, _prune
+from engine.runtime.checkpoint import TRAIN_STATE_FILE, _prune
 
 
 def test_pruning_removes_the_oldest_by_training_position_not_by_tag_name(tmp_path: Path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from data.datasets import load_split
-from engine.checkpoint import CheckpointError, export_model, load_exported_model
 from engine.model import build_model
+from engine.runtime.checkpoint import CheckpointError, export_model, load_exported_model
 from eval.__main__ import main as eval_main
 from eval.encode import encode_split
 from eval.report import top_k_rankings

@@ -11,8 +11,8 @@ from transformers import CLIPTokenizer as HFCLIPTokenizer
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
-from engine.checkpoint import export_model
 from engine.model import build_model
+from engine.runtime.checkpoint import export_model
 from eval.export import export_transformers, main, square_position_table, square_side
 from tests.helpers import projected, tiny_model_config
 

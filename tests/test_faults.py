@@ -144,7 +144,7 @@ def test_a_rank_that_stops_answering_fails_the_job_at_the_collective_timeout(tmp
 
 WAITING_RANK = """
 import os, sys, time, torch.distributed as dist
-from engine import liveness
+from engine.runtime import liveness
 dist.init_process_group("gloo")
 liveness.start_heartbeat(give_up_after_s=3)
 print("ready", flush=True)

@@ -14,12 +14,12 @@ from PIL import Image
 from safetensors import safe_open
 
 from data.tokenizer import CLIPTokenizer
-from engine.checkpoint import export_model
 from engine.model import CLIPDualEncoder
+from engine.runtime.checkpoint import export_model
 from eval.__main__ import main as eval_main
-from eval.gallery_index import FORMAT, read_index
-from eval.gallery_search import GallerySearcher, TextTower, exact_top_k, load_text_tower
-from eval.gallery_server import GalleryFiles
+from eval.search.gallery_index import FORMAT, read_index
+from eval.search.gallery_search import GallerySearcher, TextTower, exact_top_k, load_text_tower
+from eval.search.gallery_server import GalleryFiles
 from tests.helpers import tiny_model_config
 
 COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 230, 30), (20, 20, 20), (240, 240, 240)]
@@ -270,7 +270,7 @@ def test_server_serves_only_indexed_files_inside_the_folder(tmp_path: Path):
 
 
 def index_on_rank(rank: int, world: int, argv: list[str]) -> int:
-    from eval.gallery_index import parse_args, run
+    from eval.search.gallery_index import parse_args, run
 
     return run(parse_args(argv))  # the command's body; run_on_ranks has set up the gloo group
 

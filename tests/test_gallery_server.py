@@ -26,8 +26,8 @@ from PIL import Image
 from data.datasets import load_split
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
-from engine.checkpoint import export_model
 from engine.model import CLIPDualEncoder
+from engine.runtime.checkpoint import export_model
 from eval.__main__ import main as eval_main
 from tests.devtools import Browser
 from tests.helpers import REPO, tiny_model_config

@@ -15,17 +15,17 @@ import torch
 from data.manifest import Manifest
 from data.outputs import sha256_of
 from data.tokenizer import CLIPTokenizer
-from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.model.irra_checkpoint import ours_to_irra_head_name
+from engine.model.training_model import DualEncoderWithHeads, build_training_model, dual_encoder
 from engine.model.weights import WeightsError, load_pretrained
-from engine.openai_format import main as openai_format_main
-from engine.openai_format import openai_state_dict
-from engine.training_model import DualEncoderWithHeads, build_training_model, dual_encoder
+from engine.runtime.checkpoint import CheckpointError, load_exported_model
 from eval.__main__ import main as eval_main
-from eval.gallery_index import ModelIdentity
-from eval.gallery_search import load_text_tower
+from eval.openai_format import main as openai_format_main
+from eval.openai_format import openai_state_dict
+from eval.search.gallery_index import ModelIdentity
+from eval.search.gallery_search import load_text_tower
 from tests.helpers import assert_refused, run, tiny_model_config
 
 # One head per 64 channels and a (3w, w) patch grid, as OpenAI's build_model and the authors' 384x128 imply, so the

@@ -18,12 +18,12 @@ from safetensors.torch import load_file
 
 from data.manifest import Manifest
 from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
-from engine.checkpoint import export_model, load_exported_model
 from engine.config import Config, ConfigError, load_config
-from engine.losses import id_loss, mlm_loss, sdm_loss
+from engine.method.losses import id_loss, mlm_loss, sdm_loss
 from engine.model import CLIPDualEncoder
 from engine.model.heads import CrossModalMLM, mlm_masked_captions
-from engine.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
+from engine.model.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
+from engine.runtime.checkpoint import export_model, load_exported_model
 from tests.helpers import REPO, rstp_entry, tiny_model_config, write_benchmark
 
 CAPTIONS = [
@@ -326,7 +326,7 @@ class RecordingEngine:
 @pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_train_step_weights_and_logs_each_loss_part(shared: bool):
-    from engine.trainer import train_step
+    from engine.runtime.trainer import train_step
 
     config = _tiny_config("loss.id_weight=0.5", "loss.mlm_weight=2", f"loss.mlm_shared_caption={str(shared).lower()}")
     engine = RecordingEngine(tiny_heads_model(identities=4))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from engine.losses import sdm_loss
+from engine.method.losses import sdm_loss
 
 
 def sdm_by_definition(image: torch.Tensor, text: torch.Tensor, pids: torch.Tensor, tau: float, eps: float) -> float:

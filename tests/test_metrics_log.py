@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from engine.config import LogConfig
-from engine.metrics_log import WANDB_RUN_ID_FILE, MetricsLog, wandb_fields
+from engine.runtime.metrics_log import WANDB_RUN_ID_FILE, MetricsLog, wandb_fields
 from tests.helpers import REPO
 
 
@@ -97,7 +97,7 @@ SERVICE_DIES = """
 import signal, sys, psutil
 from pathlib import Path
 from engine.config import LogConfig
-from engine.metrics_log import MetricsLog
+from engine.runtime.metrics_log import MetricsLog
 log = MetricsLog(Path(sys.argv[1]) / "metrics.jsonl", enabled=True, log_config=LogConfig())
 log.write({"step": 1, "loss": 2.0})
 (service,) = [p for p in psutil.Process().children(recursive=True) if p.name() == "wandb-core"]

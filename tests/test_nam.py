@@ -3,7 +3,7 @@ import torch
 
 from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
 from engine.config import ConfigError, load_config
-from engine.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
+from engine.method.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
 
 def caption_ids() -> torch.Tensor:
@@ -85,8 +85,8 @@ def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
     """score() records r = 1 - max cosine per token; mask() in the next epoch turns it into higher masking
     probabilities for the token that matched no patch. Epoch 0 masks uniformly, and EM never reads scores."""
     from engine.config import NamConfig
-    from engine.nam import NoiseAwareMasker
-    from engine.noise_table import ShardedNoiseTable
+    from engine.method.nam import NoiseAwareMasker
+    from engine.method.noise_table import ShardedNoiseTable
 
     ids = caption_ids()[:1].repeat(400, 1)  # one caption, many draws
     caption_id = torch.arange(400)

@@ -14,8 +14,8 @@ from data.pack import pack
 from data.synthetic import CAPTION_FILES, generate
 from data.tokenizer import CLIPTokenizer
 from engine.config import AugmentConfig
-from engine.nam import valid_token_mask
-from engine.nam_oracle import OracleNoise
+from engine.method.nam import valid_token_mask
+from engine.method.nam_oracle import OracleNoise
 
 
 def test_oracle_marks_the_wrong_word(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_epoch_2_masking_readout_sees_oracle_scores(tmp_path: Path) -> None:
     r' near 1 and correct words less than p (Eq. 4 centres each caption on p)."""
     from safetensors.torch import save_file
 
-    from engine.noise_table import UNSCORED, quantise
+    from engine.method.noise_table import UNSCORED, quantise
     from launcher.ablation import masking_in_epoch_2
 
     generate(tmp_path, seed=0, train_images=24, test_identities=2, images_per_test_identity=1, noise_fraction=0.5,

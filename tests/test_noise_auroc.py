@@ -10,9 +10,9 @@ import torch
 from data.caption_files import DIRTY_CAPTION
 from data.synthetic import CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
-from engine.checkpoint import export_model
 from engine.model import build_model
-from eval.noise_auroc import (
+from engine.runtime.checkpoint import export_model
+from eval.analysis.noise_auroc import (
     NoiseAurocError,
     attribute_spans,
     auroc,

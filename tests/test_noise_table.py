@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.noise_table import LEVELS, NOISE_RANGE, UNSCORED, ShardedNoiseTable, dequantise, quantise
+from engine.method.noise_table import LEVELS, NOISE_RANGE, UNSCORED, ShardedNoiseTable, dequantise, quantise
 from tests.helpers import run_on_ranks
 
 SPACE, TOKENS, EPOCHS = 60, 6, 4

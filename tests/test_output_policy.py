@@ -94,7 +94,7 @@ def output_flags() -> list[tuple[str, argparse.Action]]:
 
 
 def test_every_entry_point_is_found():
-    assert {"data.pack", "data.synthetic.cli", "eval.run", "eval.gallery_index", "launcher.ablation"} <= set(
+    assert {"data.pack", "data.synthetic.cli", "eval.run", "eval.search.gallery_index", "launcher.ablation"} <= set(
         ENTRY_POINTS
     )
     assert len(ENTRY_POINTS) >= 30
@@ -144,11 +144,11 @@ def commands(world: dict[str, Path]) -> dict[str, Command]:
         "data.synthetic.cli": Command([]),
         "data.synthetic.targets": Command([]),
         "data.synthetic.web": Command([]),
-        "engine.openai_format": Command(["--model", export], input=model_file, input_folder=export),
+        "eval.openai_format": Command(["--model", export], input=model_file, input_folder=export),
         "eval.run": Command(evaluation, input=model_file, input_folder=export),
         "eval.export": Command(["--checkpoint", export], input_folder=export),
-        "eval.gallery_index": Command(["--checkpoint", export, "--images", raw / "imgs"], input=model_file),
-        "eval.noise_auroc": Command(["--checkpoint", export, "--data", raw], input=caption_files(raw)[0]),
+        "eval.search.gallery_index": Command(["--checkpoint", export, "--images", raw / "imgs"], input=model_file),
+        "eval.analysis.noise_auroc": Command(["--checkpoint", export, "--data", raw], input=caption_files(raw)[0]),
         "eval.plot": Command([world["run"]], suffix=".png"),  # it reads no .png
         "launcher.ablation": Command(["--rows", "nosuchrow"]),
         "launcher.wheelhouse": Command([]),  # reads only the lock

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from data.pack import pack
 from data.synthetic import generate
-from engine.noise_table import UNSCORED
+from engine.method.noise_table import UNSCORED
 from tests.helpers import DEEPSPEED, REPO, SOURCES
 
 pytestmark = [pytest.mark.slow, pytest.mark.multirank]

@@ -16,11 +16,11 @@ from PIL import Image
 
 from data.transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
 from engine.config import AugmentConfig, load_config
-from engine.deepspeed_setup import deepspeed_config
 from engine.model import CLIPDualEncoder
+from engine.model.training_model import DualEncoderWithHeads, parameter_groups
 from engine.model.weights import resample_position_table
-from engine.schedule import build_optimizer, build_scheduler, warmup_cosine_factor
-from engine.training_model import DualEncoderWithHeads, parameter_groups
+from engine.runtime.deepspeed_setup import deepspeed_config
+from engine.runtime.schedule import build_optimizer, build_scheduler, warmup_cosine_factor
 from tests.helpers import REPO, SOURCES, tiny_model_config
 
 PAPER = REPO / "configs" / "pretrain_luperson_mllm.yaml"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engine import collectives
-from engine.losses import sdm_loss
+from engine.method.losses import sdm_loss
+from engine.runtime import collectives
 from tests.helpers import run_on_ranks
 
 GLOBAL_BATCH, IN_DIM, EMBED = 8, 6, 5

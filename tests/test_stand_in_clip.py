@@ -14,9 +14,9 @@ from data.datasets import load_split
 from data.synthetic import Stream, sample_attributes, stream_rng
 from data.synthetic.targets import TARGETS, annotator_caption, write_targets
 from data.synthetic.web import WEB_FILES, write_web_set
+from engine.method.token_alignment import filip_loss, token_wise_similarity
 from engine.model import build_model
-from engine.openai_format import openai_state_dict, save_openai_format
-from engine.token_alignment import filip_loss, token_wise_similarity
+from eval.openai_format import openai_state_dict, save_openai_format
 from tests.helpers import tiny_model_config
 
 

@@ -17,8 +17,8 @@ import torch.multiprocessing as mp
 from data.caption_stream import PROBLEMS
 from data.position import DataPosition
 from data.tokenizer import EOT_ID, SOT_ID
-from engine import collectives, preemption
-from engine.step_agreement import LookaheadBatches
+from engine.runtime import collectives, preemption
+from engine.runtime.step_agreement import LookaheadBatches
 
 BATCH = 2
 CAPTION_SPACE = 64
@@ -110,14 +110,14 @@ def _rank(rank: int, world: int, port: int, out: str, lengths: list[int], agree_
     os.environ["MASTER_PORT"] = str(port)
     import deepspeed
 
-    from engine import trainer
     from engine.config import Config, NamConfig, TrainConfig
-    from engine.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
+    from engine.method.nam import NoiseAwareMasker
+    from engine.method.noise_table import ShardedNoiseTable
     from engine.model import build_model
-    from engine.nam import NoiseAwareMasker
-    from engine.noise_table import ShardedNoiseTable
-    from engine.schedule import build_optimizer, build_scheduler
-    from engine.training_model import parameter_groups
+    from engine.model.training_model import parameter_groups
+    from engine.runtime import trainer
+    from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
+    from engine.runtime.schedule import build_optimizer, build_scheduler
     from tests.helpers import tiny_model_config
 
     init_distributed()

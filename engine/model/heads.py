@@ -7,7 +7,7 @@ As in IRRA (anosorae/IRRA, model/build.py):
   vocabulary with Linear -> QuickGELU -> LayerNorm -> Linear. Everything runs in the joint space (width
   embed_dim, one head per 64 channels), on the projected tokens of both encoders.
 
-Pure torch: no deepspeed, no process groups. `engine.training_model` attaches the heads to the dual encoder.
+Pure torch: no deepspeed, no process groups. `engine.model.training_model` attaches the heads to the dual encoder.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from engine.nam import apply_mask, uniform_probabilities, valid_token_mask
+from engine.method.nam import apply_mask, uniform_probabilities, valid_token_mask
 
 
 class QuickGELU(nn.Module):
@@ -123,7 +123,7 @@ def mlm_masked_captions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """IRRA's MLM input: each valid token (strictly between SOT and EOT, so never SOT, EOT or padding) is drawn with
     probability `mask_prob`, at least one per caption (`force_mask`'s rule), and corrupted BERT-style by
-    `engine.nam.apply_mask`.
+    `engine.method.nam.apply_mask`.
 
     ids (B, N) -> (corrupted ids (B, N), drawn (B, N) bool); the loss predicts ids[drawn]."""
     valid = valid_token_mask(ids)

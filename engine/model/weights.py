@@ -74,7 +74,7 @@ def load_pretrained(
 ) -> PretrainedWeights:
     """Load the CLIP checkpoint at `path` into `model` in place (all parameters, strict); a square position table
     is resampled to the model's grid with `position_interpolation` (bilinear | bicubic). Returns what was read, with
-    any IRRA heads for the caller (engine.training_model) to load."""
+    any IRRA heads for the caller (engine.model.training_model) to load."""
     weights = read_weights(path, model_keys=model.state_dict())
     load_weights(model, weights, position_interpolation=position_interpolation)
     return weights

@@ -11,7 +11,7 @@ import torch
 
 from data.manifest import ShardError
 from engine.config import Config, ConfigError
-from engine.run_folder import check_compatible, prepare_run_folder, resume_checkpoint, world_size
+from engine.runtime.run_folder import check_compatible, prepare_run_folder, resume_checkpoint, world_size
 
 
 def check_machine(config: Config) -> None:
@@ -35,7 +35,7 @@ def check_paths(config: Config) -> None:
 
 def check_data(config: Config, *, world: int) -> None:
     """The manifest reads, and every rank gets at least one batch of every epoch from it."""
-    from engine.data_setup import (  # the data pipeline's imports only once the config is good
+    from engine.runtime.data_setup import (  # the data pipeline's imports only once the config is good
         build_caption_stream,
         load_manifest,
     )

@@ -23,8 +23,15 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from data.outputs import folder_owner, move_aside
-from engine.checkpoint import LATEST, MODEL_CONFIG_FILE, MODEL_FILE, TRAIN_STATE_FILE, CheckpointError, resolve_tag_dir
 from engine.config import Config, ConfigError, config_to_dict
+from engine.runtime.checkpoint import (
+    LATEST,
+    MODEL_CONFIG_FILE,
+    MODEL_FILE,
+    TRAIN_STATE_FILE,
+    CheckpointError,
+    resolve_tag_dir,
+)
 
 FINAL = "final"
 CHECKPOINTS = "checkpoints"

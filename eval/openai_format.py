@@ -1,7 +1,7 @@
 """Write a CLIPDualEncoder's weights in OpenAI CLIP's state-dict layout (the keys of ViT-B-16.pt's state dict),
 so a model trained here loads through `model.pretrained` exactly as OpenAI's file does (engine/model/weights.py).
 
-    python -m engine.openai_format --model RUN_DIR/final --out clip.pt
+    python -m eval.openai_format --model RUN_DIR/final --out clip.pt
 
 The inverse of engine/model/weights.py's renaming: q/k/v are stacked into in_proj, the projections transposed back to
 (width, E). The result is a plain dict of fp32 tensors saved with torch.save (readable with weights_only=True).
@@ -18,8 +18,8 @@ import torch
 
 from data.cli_errors import error_boundary
 from data.outputs import atomic_file, check_output_file, output_argument
-from engine.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 from engine.model import CLIPDualEncoder
+from engine.runtime.checkpoint import CheckpointError, load_exported_model, resolve_tag_dir
 
 _RENAMES = {
     "vision_model.embeddings.class_embedding": "visual.class_embedding",
@@ -85,7 +85,7 @@ def save_openai_format(model: CLIPDualEncoder, path: Path) -> None:
 
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.openai_format", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eval.openai_format", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--model",
         required=True,

@@ -11,7 +11,7 @@ import torch
 
 from data.tokenizer import MASK_ID
 from engine.config import NamConfig
-from engine.noise_table import ShardedNoiseTable
+from engine.method.noise_table import ShardedNoiseTable
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
 MASK_REPLACE_SHARE = 0.8  # of drawn tokens become <|mask|>

@@ -16,7 +16,7 @@ import multiprocessing
 import signal
 from pathlib import Path
 
-from engine import collectives
+from engine.runtime import collectives
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 EXIT_RESUMABLE = 75  # sysexits' EX_TEMPFAIL: stopped on a signal after saving a checkpoint; run the same command again

@@ -2,7 +2,7 @@
 losses for fine-tuning (§6).
 
 Pure functions of their inputs: SDM takes the (already gathered) global batch, the distributed gather lives in
-`engine.collectives`, so that this file is the math and nothing else. The identity and MLM losses are
+`engine.runtime.collectives`, so that this file is the math and nothing else. The identity and MLM losses are
 per-sample means over the local batch; DeepSpeed's gradient averaging makes them the global batch's mean."""
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.method.nam import valid_token_mask
 from engine.model import CLIPDualEncoder
-from engine.nam import valid_token_mask
 
 
 def tap_patch_tokens(model: CLIPDualEncoder, images: torch.Tensor) -> torch.Tensor:

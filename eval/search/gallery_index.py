@@ -1,4 +1,4 @@
-"""Index a folder of images once, so that it can be searched by description (`eval.gallery_search`).
+"""Index a folder of images once, so that it can be searched by description (`eval.search.gallery_search`).
 
 python -m eval index --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --images DIR --out INDEX [--approximate]
 
@@ -42,8 +42,9 @@ from tqdm import tqdm
 from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.outputs import check_output_file, output_argument, sha256_of
 from data.transforms import eval_transform
-from engine import collectives
-from engine.checkpoint import (
+from engine.model import CLIPDualEncoder
+from engine.runtime import collectives
+from engine.runtime.checkpoint import (
     MODEL_CONFIG_FILE,
     MODEL_FILE,
     CheckpointError,
@@ -52,7 +53,6 @@ from engine.checkpoint import (
     load_exported_model,
     resolve_tag_dir,
 )
-from engine.model import CLIPDualEncoder
 
 FORMAT = "person-search-gallery-index/1"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     # An existing --out is updated only if it is an index of the same model and images (checked in plan()).
     check_output_file(args.out, flag="--out", overwrite=True, protect=[Path(args.images), Path(args.checkpoint)])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched with several ranks: encode on all of them
-        from engine.deepspeed_setup import init_distributed
+        from engine.runtime.deepspeed_setup import init_distributed
 
         init_distributed()
     try:

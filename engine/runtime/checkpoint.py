@@ -25,12 +25,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from data.outputs import atomic_file, write_text_atomically
-from engine import collectives
 from engine.config import ConfigError, ModelConfig, build_section, config_to_dict
+from engine.method.noise_table import ShardedNoiseTable
 from engine.model import CLIPDualEncoder
 from engine.model.build import build_model_from_weights
-from engine.noise_table import ShardedNoiseTable
-from engine.training_model import dual_encoder
+from engine.model.training_model import dual_encoder
+from engine.runtime import collectives
 
 LATEST = "latest"
 BEST = "best.json"  # {"tag", "eval", "split", "R1"}: the checkpoint with the best validation R1

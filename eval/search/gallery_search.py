@@ -1,4 +1,4 @@
-"""Search an indexed gallery (`eval.gallery_index`) by description.
+"""Search an indexed gallery (`eval.search.gallery_index`) by description.
 
 python -m eval search --index INDEX "a woman in a red coat" [--top 10] [--json] [--approximate [--probes N]]
 
@@ -28,11 +28,11 @@ from torch import nn
 
 from data.cli_errors import error_boundary, positive_int
 from data.tokenizer import CLIPTokenizer
-from engine.checkpoint import MODEL_FILE, CheckpointError, is_weights_file, load_exported_model
 from engine.config import ConfigError, ModelConfig, build_section
 from engine.model.blocks import CLIPTextTransformer
 from engine.model.clip import CLIPDualEncoder, tower_configs
-from eval.gallery_index import GalleryIndex, GalleryIndexError, ModelIdentity, read_index, require_faiss
+from engine.runtime.checkpoint import MODEL_FILE, CheckpointError, is_weights_file, load_exported_model
+from eval.search.gallery_index import GalleryIndex, GalleryIndexError, ModelIdentity, read_index, require_faiss
 
 DEFAULT_BUDGET_MB = 256
 PROBED_FRACTION = 4  # --approximate scans a quarter of the lists unless --probes says otherwise

@@ -19,8 +19,14 @@ from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
 from data.order import derived_seed
 from data.outputs import claim_folder, folder_owner, write_text_atomically
 from data.position import DataPosition
-from engine import collectives, preemption
-from engine.checkpoint import (
+from engine.config import Config, EvalConfig, config_to_dict
+from engine.method.losses import id_loss, mlm_loss, sdm_loss
+from engine.method.nam import NoiseAwareMasker
+from engine.method.noise_table import ShardedNoiseTable
+from engine.model.heads import mlm_branch
+from engine.model.training_model import build_training_model, dual_encoder, parameter_groups
+from engine.runtime import collectives, preemption
+from engine.runtime.checkpoint import (
     export_model,
     load_checkpoint,
     load_data_positions,
@@ -28,21 +34,15 @@ from engine.checkpoint import (
     resolve_tag_dir,
     save_checkpoint,
 )
-from engine.collectives import device
-from engine.config import Config, EvalConfig, config_to_dict
-from engine.data_health import check_epoch_data
-from engine.data_setup import build_caption_stream, load_manifest
-from engine.deepspeed_setup import deepspeed_config, init_distributed
-from engine.environment import ENVIRONMENT_FILE, run_environment
-from engine.losses import id_loss, mlm_loss, sdm_loss
-from engine.metrics_log import MetricsLog
-from engine.model.heads import mlm_branch
-from engine.nam import NoiseAwareMasker
-from engine.noise_table import ShardedNoiseTable
-from engine.run_folder import TOOL as RUN_FOLDER_TOOL
-from engine.schedule import build_optimizer, build_scheduler, stepped_per_epoch
-from engine.step_agreement import LookaheadBatches
-from engine.training_model import build_training_model, dual_encoder, parameter_groups
+from engine.runtime.collectives import device
+from engine.runtime.data_health import check_epoch_data
+from engine.runtime.data_setup import build_caption_stream, load_manifest
+from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed
+from engine.runtime.environment import ENVIRONMENT_FILE, run_environment
+from engine.runtime.metrics_log import MetricsLog
+from engine.runtime.run_folder import TOOL as RUN_FOLDER_TOOL
+from engine.runtime.schedule import build_optimizer, build_scheduler, stepped_per_epoch
+from engine.runtime.step_agreement import LookaheadBatches
 
 
 class InTrainingEvaluator(Protocol):
@@ -74,7 +74,7 @@ def oracle_for(config: Config):
     """The ablation's oracle noise (nam.oracle_noise), or None: NAM then scores with the model, as the method does."""
     if not config.nam.oracle_noise:
         return None
-    from engine.nam_oracle import oracle_noise
+    from engine.method.nam_oracle import oracle_noise
 
     return lambda caption_ids, valid: oracle_noise(config, caption_ids, valid)
 
@@ -122,7 +122,7 @@ def train_step(
     if config.loss.mlm_weight > 0:
         parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
     if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
-        from engine.token_alignment import filip_loss
+        from engine.method.token_alignment import filip_loss
 
         parts["filip"] = filip_loss(
             dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature

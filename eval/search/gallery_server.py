@@ -1,4 +1,4 @@
-"""A local web page to search an indexed gallery (`eval.gallery_index`) by description.
+"""A local web page to search an indexed gallery (`eval.search.gallery_index`) by description.
 
 python -m eval serve --index INDEX [--port 8080] [--host 127.0.0.1] [--approximate]
 
@@ -22,9 +22,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from data.cli_errors import error_boundary, port_number
-from engine.checkpoint import CheckpointError
-from eval.gallery_index import GalleryIndexError
-from eval.gallery_search import GallerySearcher, add_search_arguments
+from engine.runtime.checkpoint import CheckpointError
+from eval.search.gallery_index import GalleryIndexError
+from eval.search.gallery_search import GallerySearcher, add_search_arguments
 
 PAGE = Path(__file__).with_name("static") / "gallery_search.html"
 MAX_TOP = 100

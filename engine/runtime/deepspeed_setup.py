@@ -10,8 +10,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from engine import collectives, liveness
 from engine.config import Config
+from engine.runtime import collectives, liveness
 
 
 def init_distributed(*, collective_timeout_s: float | None = None, heartbeat: bool = False) -> None:

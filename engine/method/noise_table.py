@@ -15,7 +15,7 @@ from collections import deque
 
 import torch
 
-from engine import collectives
+from engine.runtime import collectives
 
 UNSCORED = 255
 LEVELS = 254

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from data.position import DataPosition
-from engine import collectives, preemption
+from engine.runtime import collectives, preemption
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """How well NAM's token noise tells wrong attribute words from correct ones, on the synthetic LUPerson-MLLM set.
 
-python -m eval.noise_auroc --checkpoint RUN_DIR --data DIR/luperson_mllm [--max-captions 4000] [--batch-size 64]
+python -m eval.analysis.noise_auroc --checkpoint RUN_DIR --data DIR/luperson_mllm [--max-captions 4000] [--batch-size 64]
                            [--out FILE.json]
-python -m eval.noise_auroc --config configs/X.yaml --data ...   # the untrained model: AUROC near 0.5
+python -m eval.analysis.noise_auroc --config configs/X.yaml --data ...   # the untrained model: AUROC near 0.5
 
 Tokens are scored as training scores them (docs/method.md): the unmasked caption runs through the first `tap_layer`
 text blocks, the image through the vision tower, and r_i = 1 - max_j cos(text token i, image patch j). A word's
@@ -35,10 +35,10 @@ from data.outputs import check_output_file, output_argument, write_text_atomical
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
 from data.tokenizer import CLIPTokenizer
 from data.transforms import eval_transform
-from engine.checkpoint import CheckpointError, load_exported_model
 from engine.config import ConfigError, load_config
+from engine.method.nam import valid_token_mask
 from engine.model import CLIPDualEncoder, build_model
-from engine.nam import valid_token_mask
+from engine.runtime.checkpoint import CheckpointError, load_exported_model
 from eval.report import describe_config_model
 from kernels.token_patch_max_cosine import token_patch_max_cosine
 
@@ -307,7 +307,7 @@ def format_table(title: str, rows: dict[str, dict]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m eval.noise_auroc",
+        prog="python -m eval.analysis.noise_auroc",
         description="AUROC of NAM's token noise r for wrong vs correct attribute words of the synthetic captions.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
