@@ -16,9 +16,9 @@ import time
 import torch
 import torch.distributed as dist
 
+from benchmarks.gloo_ranks import run_on_ranks
 from data.cli_errors import error_boundary
 from engine.method.noise_table import ShardedNoiseTable, quantise
-from tests.helpers import run_on_ranks
 
 CHUNK = 65536
 

@@ -10,22 +10,19 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import random
 import sys
 import threading
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from PIL import Image
 
+from benchmarks.gloo_ranks import run_on_ranks as run_on_ranks  # the multi-rank tests take it from here
 from benchmarks.reference_step import ReferenceSizes
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
@@ -144,35 +141,6 @@ def cuhk_entry(split: str, pid: int, file_path: str, captions: list[str]) -> dic
 
 def rstp_entry(split: str, pid: int, img_path: str, captions: list[str]) -> dict[str, Any]:
     return {"id": pid, "img_path": img_path, "captions": captions, "split": split}
-
-
-def _worker(rank: int, world: int, port: int, function, args: tuple, results) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
-    try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        results[rank] = ("ok", function(rank, world, *args))
-    except BaseException:  # report any failure to the parent instead of hanging it
-        results[rank] = ("error", traceback.format_exc())
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def run_on_ranks(world: int, function, *args) -> list:
-    """`function(rank, world, *args)` on `world` gloo processes; returns their results in rank order."""
-    context = mp.get_context("spawn")
-    with context.Manager() as manager:
-        results = manager.dict()
-        mp.start_processes(
-            _worker, args=(world, free_port(), function, args, results), nprocs=world, join=True, start_method="spawn"
-        )
-        collected = [results[rank] for rank in range(world)]
-    errors = [payload for status, payload in collected if status == "error"]
-    if errors:
-        raise AssertionError("a rank failed:\n" + errors[0])
-    return [payload for _, payload in collected]
 
 
 # The Triton kernel tests (CPU interpreter and CUDA): shapes, tolerances and inputs.

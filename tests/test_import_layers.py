@@ -3,9 +3,10 @@
     launcher, benchmarks  ->  eval  ->  engine  ->  data, kernels
 
 A package may import itself and anything below it, never above; `data` and `kernels` import nothing of ours
-outside themselves; the pure model (engine/model/) imports neither deepspeed nor torch.distributed; tests and
-benchmarks are clients, and no library package imports them. No two modules import each other, directly or
-through others."""
+outside themselves. Inside engine/, the pure model (engine/model/) imports no engine.method or engine.runtime module
+and neither deepspeed nor torch.distributed; the method (engine/method/) imports neither deepspeed nor
+torch.distributed and reaches other ranks only through engine/runtime/collectives.py. Tests are clients: no other
+package imports them. No two modules import each other, directly or through others."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ALLOWED = {  # package -> the packages of ours it may import (itself included)
     "engine": {"engine", "data", "kernels"},
     "eval": {"eval", "engine", "data", "kernels"},
     "launcher": {"launcher", "eval", "engine", "data", "kernels"},
-    "benchmarks": {"benchmarks", "launcher", "eval", "engine", "data", "kernels", "tests"},
+    "benchmarks": {"benchmarks", "launcher", "eval", "engine", "data", "kernels"},
     "tests": set(PACKAGES),
 }
 
@@ -39,6 +40,18 @@ def modules() -> dict[str, Path]:
         for path in sorted((REPO / package).rglob("*.py")):
             found[module_name(path)] = path
     return found
+
+
+def all_imports(path: Path) -> set[str]:
+    """Every module name `path` imports, ours or not, at any depth of the file (`from a import b` gives a and a.b)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
 
 
 def imported_modules(path: Path, known: dict[str, Path]) -> set[str]:
@@ -110,3 +123,35 @@ def test_no_test_module_imports_another() -> None:
         if module.startswith("tests.")
     }
     assert not {m: names for m, names in offenders.items() if names}
+
+
+# Inside engine: module prefix -> the module prefixes of ours and outside packages it must not import.
+ENGINE_RULES = {
+    "engine.model": ("engine.method", "engine.runtime", "deepspeed", "torch.distributed"),
+    "engine.method": ("deepspeed", "torch.distributed"),
+}
+METHOD_SEAM = "engine.runtime.collectives"  # the one runtime module the method may import
+
+
+def starts_with(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in GRAPH if starts_with(m, "engine.model") or starts_with(m, "engine.method"))
+)
+def test_model_and_method_stay_off_the_runtime(module: str) -> None:
+    prefix = next(p for p in ENGINE_RULES if starts_with(module, p))
+    imported = all_imports(modules()[module]) | GRAPH[module]
+    forbidden = sorted(name for name in imported if any(starts_with(name, f) for f in ENGINE_RULES[prefix]))
+    assert not forbidden, f"{module} imports {forbidden}; {prefix} may import none of {list(ENGINE_RULES[prefix])}"
+    if prefix == "engine.method":
+        runtime = sorted(n for n in GRAPH[module] if starts_with(n, "engine.runtime") and n != METHOD_SEAM)
+        assert not runtime, f"{module} imports {runtime}; the method reaches the runtime only through {METHOD_SEAM}"
+
+
+def test_only_tests_import_tests() -> None:
+    importers = sorted(
+        m for m in GRAPH if not starts_with(m, "tests") and any(starts_with(n, "tests") for n in GRAPH[m])
+    )
+    assert not importers, f"{importers} import the tests package; share the code from a non-test module instead"

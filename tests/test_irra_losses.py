@@ -20,8 +20,9 @@ from data.manifest import Manifest
 from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
 from engine.config import Config, ConfigError, load_config
 from engine.method.losses import id_loss, mlm_loss, sdm_loss
+from engine.method.mlm import mlm_masked_captions
 from engine.model import CLIPDualEncoder
-from engine.model.heads import CrossModalMLM, mlm_masked_captions
+from engine.model.heads import CrossModalMLM
 from engine.model.training_model import DualEncoderWithHeads, build_training_model, dual_encoder, parameter_groups
 from engine.runtime.checkpoint import export_model, load_exported_model
 from tests.helpers import REPO, rstp_entry, tiny_model_config, write_benchmark

@@ -21,9 +21,9 @@ from data.outputs import claim_folder, folder_owner, write_text_atomically
 from data.position import DataPosition
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.method.losses import id_loss, mlm_loss, sdm_loss
+from engine.method.mlm import mlm_branch
 from engine.method.nam import NoiseAwareMasker
 from engine.method.noise_table import ShardedNoiseTable
-from engine.model.heads import mlm_branch
 from engine.model.training_model import build_training_model, dual_encoder, parameter_groups
 from engine.runtime import collectives, preemption
 from engine.runtime.checkpoint import (
