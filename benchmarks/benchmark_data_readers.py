@@ -25,7 +25,7 @@ from data.cli_errors import error_boundary
 from data.manifest import Manifest
 from data.pack import pack
 from data.synthetic import generate
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from data.transforms import train_transform
 from engine.config import AugmentConfig
 
@@ -37,7 +37,7 @@ def folder_and_json(raw: Path, image_size: tuple[int, int]) -> float:
     """The reference layout: every caption a sample, batched; returns samples/s."""
     captions = [json.loads((raw / f"{s}.json").read_text()) for s in SOURCES]
     samples = [(raw / "imgs" / name, text) for mapping in captions for name, text in mapping.items()]
-    transform, tokenizer = train_transform(image_size, AugmentConfig()), CLIPTokenizer(77)
+    transform, tokenizer = train_transform(image_size, AugmentConfig()), CaptionTokenizer(77)
     started, batch = time.perf_counter(), []
     for pid, (path, text) in enumerate(samples):
         with Image.open(path) as image:

@@ -101,11 +101,11 @@ class PartTimer:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def timed_train_step(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> dict:
+def timed_train_step(ds_engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> dict:
     """engine.runtime.trainer.train_step's SDM pretraining path, piece by piece, each piece timed: the same functions in the
     same order. Returns seconds per part."""
     from engine.method.losses import sdm_loss
-    from engine.method.nam import NoiseAwareMasker, valid_token_mask
+    from engine.method.nam import TokenMasker, valid_token_mask
     from engine.runtime import collectives
     from engine.runtime.collectives import device
     from kernels.token_patch_max_cosine import token_patch_max_cosine
@@ -114,13 +114,11 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
     ids, caption_ids = batch["ids"], batch["caption_id"]
     score = config.nam.masking == "nam"
     target = device()
-    dtype = next(engine.module.parameters()).dtype
+    dtype = next(ds_engine.module.parameters()).dtype
     with timer.part("masking"):
-        masked_ids, _ = NoiseAwareMasker(config.nam, noise_table).mask(
-            ids, caption_ids, epoch=EPOCH, generator=generator
-        )
+        masked_ids, _ = TokenMasker(config.nam, noise_table).mask(ids, caption_ids, epoch=EPOCH, generator=generator)
     with timer.part("forward"):
-        out = engine(
+        out = ds_engine(
             batch["image"].to(target, dtype=dtype, non_blocking=True),
             masked_ids.to(target, non_blocking=True),
             score_ids=ids.to(target, non_blocking=True) if score else None,
@@ -135,9 +133,9 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
             eps=config.loss.eps,
         )
     with timer.part("backward"):
-        engine.backward(loss)
+        ds_engine.backward(loss)
     with timer.part("optimizer"):
-        engine.step()
+        ds_engine.step()
     if score:
         with timer.part("nam_scoring"):
             valid = valid_token_mask(ids).to(target, non_blocking=True)
@@ -150,15 +148,15 @@ def timed_train_step(engine, batch: dict, config: Config, noise_table, *, genera
     return timer.seconds
 
 
-def whole_step_seconds(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> float:
+def whole_step_seconds(ds_engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> float:
     """The untouched train_step, from its call to the device finishing its work."""
-    from engine.method.nam import NoiseAwareMasker
+    from engine.method.nam import TokenMasker
     from engine.runtime.trainer import train_step
 
-    masker = NoiseAwareMasker(config.nam, noise_table)
+    masker = TokenMasker(config.nam, noise_table)
     synchronize()
     start = time.perf_counter()
-    train_step(engine, batch, config, masker, epoch=EPOCH, generator=generator)
+    train_step(ds_engine, batch, config, masker, epoch=EPOCH, generator=generator)
     synchronize()
     return time.perf_counter() - start
 
@@ -176,16 +174,16 @@ class _GlobalTotalOnly:
         return None
 
 
-def count_step_flops(engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> int:
+def count_step_flops(ds_engine, batch: dict, config: Config, noise_table, *, generator: torch.Generator) -> int:
     """FLOPs of one train_step on this rank (forward, backward, NAM scoring and the optimizer's matmuls, if any)."""
-    from engine.method.nam import NoiseAwareMasker
+    from engine.method.nam import TokenMasker
     from engine.runtime.trainer import train_step
 
-    masker = NoiseAwareMasker(config.nam, noise_table)
+    masker = TokenMasker(config.nam, noise_table)
     counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     counter.mod_tracker = _GlobalTotalOnly()
     with counter:
-        train_step(engine, batch, config, masker, epoch=EPOCH, generator=generator)
+        train_step(ds_engine, batch, config, masker, epoch=EPOCH, generator=generator)
     synchronize()
     return counter.get_total_flops()
 
@@ -213,11 +211,11 @@ def build_engine(config: Config, *, total_steps: int, world: int):
     from engine.runtime.schedule import build_optimizer
 
     ds_config = deepspeed_config(config, world_size=world)
-    engine, _, _, _ = deepspeed.initialize(
+    ds_engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(parameter_groups(model, config.optim), config.optim), config=ds_config
     )
     precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
-    return engine, precision
+    return ds_engine, precision
 
 
 def run_benchmark(config: Config, *, steps: int, modes: tuple[str, ...] = ("nam", "em")) -> dict:
@@ -227,21 +225,23 @@ def run_benchmark(config: Config, *, steps: int, modes: tuple[str, ...] = ("nam"
 
     rank, world = collectives.rank(), collectives.world_size()
     batch_size = config.train.batch_size
-    engine, precision = build_engine(config, total_steps=(WARMUP_STEPS + steps + 1) * len(modes), world=world)
+    ds_engine, precision = build_engine(config, total_steps=(WARMUP_STEPS + steps + 1) * len(modes), world=world)
     generator = torch.Generator().manual_seed(config.train.seed + rank)
     batch = synthetic_batch(config, batch_size, rank=rank, generator=generator)
     noise_table = ShardedNoiseTable(world * batch_size, config.model.context_length)
     configs = {mode: with_masking(config, mode) for mode in modes}
 
-    flops = {mode: count_step_flops(engine, batch, configs[mode], noise_table, generator=generator) for mode in modes}
+    flops = {
+        mode: count_step_flops(ds_engine, batch, configs[mode], noise_table, generator=generator) for mode in modes
+    }
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     whole: dict[str, list[float]] = {mode: [] for mode in modes}
     parts: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for step in range(WARMUP_STEPS + steps):
         for mode in modes if step % 2 == 0 else modes[::-1]:
-            seconds = whole_step_seconds(engine, batch, configs[mode], noise_table, generator=generator)
-            split = timed_train_step(engine, batch, configs[mode], noise_table, generator=generator)
+            seconds = whole_step_seconds(ds_engine, batch, configs[mode], noise_table, generator=generator)
+            split = timed_train_step(ds_engine, batch, configs[mode], noise_table, generator=generator)
             if step >= WARMUP_STEPS:
                 whole[mode].append(seconds)
                 parts[mode].append(split)

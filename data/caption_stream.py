@@ -38,7 +38,7 @@ from data.object_store import RemoteUnavailable, RetryPolicy, ShardCache
 from data.order import caption_passes, derived_seed, interleave
 from data.position import DONE, WorkerStart
 from data.records import MDSShards, RawRecord, ShardProblem, read_wds_shard
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from data.transforms import train_transform
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class CaptionSampleStream(IterableDataset):
         self.splits = max(1, num_workers)  # num_workers = 0 reads everything in the main process
         self.batch_size = batch_size
         self.transform = train_transform(image_size, augment)
-        self.tokenizer = CLIPTokenizer(context_length)
+        self.tokenizer = CaptionTokenizer(context_length)
         self.seed, self.shuffle_buffer, self.sampling = seed, shuffle_buffer, sampling
         self.interleave_shards = interleave_shards
         # every_caption reads the shards once per caption source, each caption in one of those passes

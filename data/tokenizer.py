@@ -32,8 +32,10 @@ def _load_merges(bpe_path: str) -> list[tuple[str, ...]]:
     return merges[:-1]  # drop the last merge to free id 49405 for <|mask|>
 
 
-class CLIPTokenizer:
-    """Text -> (B, context_length) ids as [SOT] + BPE ids + [EOT], zero-padded; long texts end in EOT."""
+class CaptionTokenizer:
+    """Text -> (B, context_length) ids as [SOT] + BPE ids + [EOT], zero-padded; long texts end in EOT.
+
+    Not transformers' `CLIPTokenizer`: there id 49405 is the last merge's symbol, here it is `<|mask|>`."""
 
     def __init__(self, context_length: int = 77, bpe_path: str | None = None) -> None:
         if context_length < 3:

@@ -1,13 +1,14 @@
 """`python -m eval COMMAND ...`: one entry point, one subcommand per tool; each tool parses its own options.
 
-run         retrieval metrics of a model on a dataset split (the default: `python -m eval --checkpoint ...`)
-stats       ids, images and captions of every split of a dataset
-export      a transformers CLIP folder from a checkpoint
-index       encode a folder of images into a gallery index
-search      search a gallery index by description
-serve       a local web page over a gallery index
-noise-auroc does NAM's per-token noise find the known wrong words?
-plot        a run's training and eval curves
+run           retrieval metrics of a model on a dataset split (the default: `python -m eval --checkpoint ...`)
+stats         ids, images and captions of every split of a dataset
+export        a transformers CLIP folder from a checkpoint
+openai-format OpenAI CLIP's state-dict layout (one .pt) from a checkpoint
+index         encode a folder of images into a gallery index
+search        search a gallery index by description
+serve         a local web page over a gallery index
+noise-auroc   does NAM's per-token noise find the known wrong words?
+plot          a run's training and eval curves
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ COMMANDS = {  # name -> (module with main(argv), one line of help)
     "run": ("eval.run", "retrieval metrics (R1, R5, R10, mAP, mINP) of a model on a dataset split"),
     "stats": ("eval.stats", "ids, images and captions of every split of a dataset"),
     "export": ("eval.export", "a transformers CLIP folder from a checkpoint"),
+    "openai-format": ("eval.openai_format", "OpenAI CLIP's state-dict layout (one .pt) from a checkpoint"),
     "index": ("eval.search.gallery_index", "encode a folder of images into a gallery index"),
     "search": ("eval.search.gallery_search", "search a gallery index by description"),
     "serve": ("eval.search.gallery_server", "a local web page to search a gallery index"),

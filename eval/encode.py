@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from data.datasets import RetrievalSplit
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from data.transforms import eval_transform
 from engine.model import CLIPDualEncoder
 from engine.runtime import collectives
@@ -25,17 +25,39 @@ def _quiet() -> bool:
     return not sys.stderr.isatty() or collectives.rank() != 0
 
 
-class _ImageFiles(Dataset):
-    def __init__(self, paths: list, image_size: tuple[int, int], interpolation: str = "bilinear") -> None:
+# What a decoder raises for a file that is not a readable image (PIL: OSError, SyntaxError, ValueError, bombs).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class ImageFiles(Dataset):
+    """(image (3, H, W), 1) per path, resized as evaluation does. With `blank_undecodable`, a file that does not
+    decode gives (zeros, 0) instead of an error: one bad file must not stop a gallery index. Benchmark splits are
+    checked before encoding (eval/image_check.py), so there a bad file raises."""
+
+    def __init__(
+        self,
+        paths: list,
+        image_size: tuple[int, int],
+        interpolation: str = "bilinear",
+        *,
+        blank_undecodable: bool = False,
+    ) -> None:
         self.paths = paths
         self.transform = eval_transform(image_size, interpolation)
+        self.blank = torch.zeros(3, *image_size)
+        self.blank_undecodable = blank_undecodable
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image.convert("RGB"))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        try:
+            with Image.open(self.paths[index]) as image:
+                return self.transform(image.convert("RGB")), 1
+        except DECODE_ERRORS:
+            if not self.blank_undecodable:
+                raise
+            return self.blank, 0
 
 
 @torch.no_grad()
@@ -58,15 +80,15 @@ def encode_split(
     image_start, image_stop = collectives.block_bounds(len(split.image_paths))
     caption_start, caption_stop = collectives.block_bounds(len(split.captions))
     images = DataLoader(
-        _ImageFiles(split.image_paths[image_start:image_stop], model.cfg.image_size, interpolation),
+        ImageFiles(split.image_paths[image_start:image_stop], model.cfg.image_size, interpolation),
         batch_size=batch_size,
         num_workers=num_workers,
     )
     image_feats = [
         model.encode_image(batch.to(device, dtype)).float()
-        for batch in tqdm(images, desc="images", mininterval=5.0, leave=False, disable=_quiet())
+        for batch, _ in tqdm(images, desc="images", mininterval=5.0, leave=False, disable=_quiet())
     ]
-    tokenizer = CLIPTokenizer(model.cfg.context_length)
+    tokenizer = CaptionTokenizer(model.cfg.context_length)
     captions = split.captions[caption_start:caption_stop]
     text_feats = []
     for start in tqdm(

@@ -36,7 +36,7 @@ from transformers import CLIPTokenizer as HFCLIPTokenizer
 
 from data.cli_errors import error_boundary
 from data.outputs import atomic_folder, check_output_folder, output_argument
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CaptionTokenizer
 from data.transforms import CLIP_MEAN, CLIP_STD
 from engine.model import CLIPDualEncoder
 from engine.model.weights import VISION_POSITIONS
@@ -90,7 +90,7 @@ def _save_tokenizer(out_dir: Path, context_length: int) -> None:
 
     Padding is `<|endoftext|>` as in HF's CLIP (ours pads with 0): the causal text tower never looks past the
     first EOT, so features agree. "!" (id 0) cannot be the pad token: HF would split it out of every caption."""
-    ours = CLIPTokenizer(context_length=context_length)
+    ours = CaptionTokenizer(context_length=context_length)
     vocab = ours.encoder | {"<|mask|>": MASK_ID, "<|startoftext|>": SOT_ID, "<|endoftext|>": EOT_ID}
     merges = sorted(ours.bpe_ranks, key=ours.bpe_ranks.get)
     with tempfile.TemporaryDirectory() as staging:

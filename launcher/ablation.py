@@ -284,7 +284,7 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
 
     from data.manifest import MANIFEST, Manifest
     from data.order import packed_positions
-    from data.tokenizer import CLIPTokenizer
+    from data.tokenizer import CaptionTokenizer
     from engine.method.nam import mask_probabilities, valid_token_mask
     from engine.method.noise_table import UNSCORED, dequantise
     from eval.analysis.noise_auroc import select_captions, word_token_spans
@@ -294,7 +294,7 @@ def masking_in_epoch_2(run_dir: Path, raw_dir: Path, shards: Path, mask_prob: fl
     manifest = Manifest.load(shards)
     packing = json.loads((Path(shards) / MANIFEST).read_text())
     position = packed_positions([p.name for p in (raw_dir / "imgs").iterdir()], packing.get("image_order"))
-    tokenizer = CLIPTokenizer(owned.shape[1])
+    tokenizer = CaptionTokenizer(owned.shape[1])
     captions, _ = select_captions(raw_dir, max_captions)
     sums = {"wrong": [0.0, 0], "correct": [0.0, 0]}
     for caption in captions:

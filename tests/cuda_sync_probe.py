@@ -15,7 +15,7 @@ import deepspeed
 import torch
 
 from engine.config import Config, NamConfig, TrainConfig
-from engine.method.nam import NoiseAwareMasker
+from engine.method.nam import TokenMasker
 from engine.method.noise_table import ShardedNoiseTable
 from engine.model.training_model import build_training_model, parameter_groups
 from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed, shutdown_distributed
@@ -38,7 +38,7 @@ def main() -> int:
         train=TrainConfig(batch_size=BATCH, precision="bf16" if cuda else "fp32"),
     )
     model = build_training_model(config, SimpleNamespace(num_identities=None))
-    engine, _, _, _ = deepspeed.initialize(
+    ds_engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=build_optimizer(parameter_groups(model, config.optim), config.optim),
         config=deepspeed_config(config, world_size=1),
@@ -46,9 +46,9 @@ def main() -> int:
     generator = torch.Generator().manual_seed(0)
     batch = synthetic_batch(config, BATCH, rank=0, generator=generator)
     table = ShardedNoiseTable(BATCH, config.model.context_length)
-    masker = NoiseAwareMasker(config.nam, table)
+    masker = TokenMasker(config.nam, table)
     window = LossWindow()
-    step = engine.step
+    step = ds_engine.step
 
     def step_without_the_check():
         mode("default")
@@ -57,12 +57,14 @@ def main() -> int:
         finally:
             mode("error")
 
-    engine.step = step_without_the_check
+    ds_engine.step = step_without_the_check
     for index in range(WARMUP_STEPS + CHECKED_STEPS):
         if index == WARMUP_STEPS and cuda:
             torch.cuda.synchronize()
             mode("error")
-        window.add(train_step(engine, batch, config, masker, epoch=1, generator=generator))  # epoch 1: NAM reads scores
+        window.add(
+            train_step(ds_engine, batch, config, masker, epoch=1, generator=generator)
+        )  # epoch 1: NAM reads scores
     mode("default")
     table.settle()
     scored = sum(len(ids) for ids in table.pending_ids)

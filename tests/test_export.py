@@ -10,7 +10,7 @@ from transformers import CLIPModel, CLIPVisionConfig
 from transformers import CLIPTokenizer as HFCLIPTokenizer
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CaptionTokenizer
 from engine.model import build_model
 from engine.runtime.checkpoint import export_model
 from eval.export import export_transformers, main, square_position_table, square_side
@@ -75,7 +75,7 @@ def test_from_pretrained_gives_our_features(exported: tuple) -> None:
     images = torch.randn(4, 3, *model.cfg.image_size)  # (B, 3, H, W)
     hf_images = projected(hf_model.get_image_features(pixel_values=images, interpolate_pos_encoding=True))
     torch.testing.assert_close(hf_images, model.encode_image(images), atol=1e-5, rtol=0)
-    ids = CLIPTokenizer(context_length=CONTEXT)(CAPTIONS)  # (B, N), zero-padded after EOT
+    ids = CaptionTokenizer(context_length=CONTEXT)(CAPTIONS)  # (B, N), zero-padded after EOT
     hf_texts = projected(hf_model.get_text_features(input_ids=ids))
     torch.testing.assert_close(hf_texts, model.encode_text(ids), atol=1e-5, rtol=0)
     hf_ids = HFCLIPTokenizer.from_pretrained(out_dir)(CAPTIONS, padding="max_length", truncation=True)["input_ids"]
@@ -85,7 +85,7 @@ def test_from_pretrained_gives_our_features(exported: tuple) -> None:
 
 def test_tokenizer_gives_our_ids(exported: tuple) -> None:
     _, out_dir = exported
-    ours = CLIPTokenizer(context_length=CONTEXT)
+    ours = CaptionTokenizer(context_length=CONTEXT)
     theirs = HFCLIPTokenizer.from_pretrained(out_dir)
     assert (theirs.bos_token_id, theirs.eos_token_id, theirs.mask_token_id) == (SOT_ID, EOT_ID, MASK_ID)
     assert len(theirs) == ours.vocab_size

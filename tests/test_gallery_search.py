@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.model import CLIPDualEncoder
 from engine.runtime.checkpoint import export_model
 from eval.__main__ import main as eval_main
@@ -195,7 +195,7 @@ def test_text_tower_alone_matches_the_dual_encoder(gallery):
     full.load_state_dict(safe_open_all(model / "model.safetensors"))
     tower = load_text_tower(model, json.loads((model / "model_config.json").read_text()))
     assert isinstance(tower, TextTower) and not any("vision" in name for name, _ in tower.named_parameters())
-    ids = CLIPTokenizer(tiny_model_config().context_length)(["a woman in a red coat", "a man"])
+    ids = CaptionTokenizer(tiny_model_config().context_length)(["a woman in a red coat", "a man"])
     with torch.no_grad():
         assert torch.equal(tower.encode_text(ids), full.eval().encode_text(ids))
 
@@ -210,7 +210,7 @@ def test_long_query_is_truncated_with_a_warning(gallery, tmp_path: Path, capsys)
     status, _, errors = run_cli(capsys, "search", "--index", out, long, "--json")
     assert status == 0 and "longer than the model's 16 tokens" in errors
     first, _ = GallerySearcher(out).encode_query(long)
-    cut = CLIPTokenizer(16).decode(CLIPTokenizer(16)([long])[0])
+    cut = CaptionTokenizer(16).decode(CaptionTokenizer(16)([long])[0])
     assert torch.allclose(first, GallerySearcher(out).encode_query(cut)[0], atol=1e-6)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.datasets import load_split
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from data.transforms import eval_transform
 from engine.model import CLIPDualEncoder
 from engine.runtime.checkpoint import export_model
@@ -43,7 +43,7 @@ def fit_captions_to_first_images(model: CLIPDualEncoder, split) -> None:
     image_feats = F.normalize(model.encode_image(images), dim=-1)  # (G, E)
     first_image = {pid: i for i, pid in enumerate(split.image_pids) if split.image_paths[i].stem.endswith("_0")}
     targets = image_feats[[first_image[pid] for pid in split.caption_pids]]  # (Q, E)
-    ids = CLIPTokenizer(model.cfg.context_length)(split.captions)  # (Q, N)
+    ids = CaptionTokenizer(model.cfg.context_length)(split.captions)  # (Q, N)
     hidden, _ = model._text_hidden(ids, len(model.text_model.encoder.layers))
     pooled = model.text_model.final_layer_norm(hidden[torch.arange(len(ids)), ids.argmax(-1)])  # (Q, Dt)
     model.text_projection.weight.copy_(torch.linalg.lstsq(pooled, targets).solution.T)  # (E, Dt)

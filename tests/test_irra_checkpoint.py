@@ -14,7 +14,7 @@ import torch
 
 from data.manifest import Manifest
 from data.outputs import sha256_of
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.config import load_config
 from engine.model import CLIPDualEncoder, build_model
 from engine.model.irra_checkpoint import ours_to_irra_head_name
@@ -74,7 +74,7 @@ def authors_file(
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(2)
-    return torch.randn(2, 3, 48, 16), CLIPTokenizer(16)(["a man in a black jacket", "a woman with a red bag"])
+    return torch.randn(2, 3, 48, 16), CaptionTokenizer(16)(["a man in a black jacket", "a woman with a red bag"])
 
 
 def features(model: CLIPDualEncoder) -> tuple[torch.Tensor, torch.Tensor]:

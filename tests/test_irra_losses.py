@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from data.manifest import Manifest
-from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, PAD_ID, SOT_ID, CaptionTokenizer
 from engine.config import Config, ConfigError, load_config
 from engine.method.losses import id_loss, mlm_loss, sdm_loss
 from engine.method.mlm import mlm_masked_captions
@@ -44,7 +44,7 @@ def tiny_heads_model(*, identities: int | None = 5, mlm_depth: int | None = 2, s
 
 def caption_ids(count: int = 4) -> torch.Tensor:
     """(count, 16) ids of CAPTIONS, cycled; the second caption is truncated to end in EOT."""
-    return CLIPTokenizer(context_length=16)([CAPTIONS[i % len(CAPTIONS)] for i in range(count)])
+    return CaptionTokenizer(context_length=16)([CAPTIONS[i % len(CAPTIONS)] for i in range(count)])
 
 
 # --- losses -------------------------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_train_step_weights_and_logs_each_loss_part(shared: bool):
     from engine.runtime.trainer import train_step
 
     config = _tiny_config("loss.id_weight=0.5", "loss.mlm_weight=2", f"loss.mlm_shared_caption={str(shared).lower()}")
-    engine = RecordingEngine(tiny_heads_model(identities=4))
+    ds_engine = RecordingEngine(tiny_heads_model(identities=4))
     ids = caption_ids(4)
     batch = {
         "ids": ids,
@@ -338,11 +338,11 @@ def test_train_step_weights_and_logs_each_loss_part(shared: bool):
         "image": torch.randn(4, 3, 32, 32),
         "pid": torch.tensor([0, 1, 1, 3]),
     }
-    result = train_step(engine, batch, config, None, epoch=0, generator=torch.Generator().manual_seed(0))
+    result = train_step(ds_engine, batch, config, None, epoch=0, generator=torch.Generator().manual_seed(0))
     parts = result["loss_parts"]
     assert set(parts) == {"sdm", "id", "mlm"}
     torch.testing.assert_close(result["loss"], parts["sdm"] + 0.5 * parts["id"] + 2 * parts["mlm"])
-    text_ids, kwargs = engine.calls[0][0][1], engine.calls[0][1]
+    text_ids, kwargs = ds_engine.calls[0][0][1], ds_engine.calls[0][1]
     drawn = kwargs["mlm_positions"]
     assert drawn.any() and not (drawn & (ids >= SOT_ID)).any()
     if shared:  # SDM and ID see the MLM caption, as IRRA's released code does; one text pass
@@ -350,8 +350,8 @@ def test_train_step_weights_and_logs_each_loss_part(shared: bool):
         assert torch.equal(text_ids[~drawn], ids[~drawn])
     else:
         assert torch.equal(text_ids, ids) and not torch.equal(kwargs["mlm_ids"], ids)
-    assert engine.module.id_classifier.classifier.weight.grad.norm() > 0
-    assert engine.module.mlm.head.fc.weight.grad.norm() > 0
+    assert ds_engine.module.id_classifier.classifier.weight.grad.norm() > 0
+    assert ds_engine.module.mlm.head.fc.weight.grad.norm() > 0
 
     plain = RecordingEngine(CLIPDualEncoder(tiny_model_config(), tap_layer=1))
     result = train_step(plain, batch, _tiny_config(), None, epoch=0, generator=torch.Generator().manual_seed(0))

@@ -5,7 +5,7 @@ import ast
 import pytest
 import torch
 
-from data.tokenizer import EOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, CaptionTokenizer
 from engine.config import ConfigError
 from engine.model import CLIPDualEncoder, build_model
 from tests.helpers import REPO, tiny_model_config
@@ -24,7 +24,7 @@ def model() -> CLIPDualEncoder:
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
     captions = ["a man in a black jacket", "a woman with a red bag and white shoes", "a child"]
-    return CLIPTokenizer(context_length=N)(captions)  # (B, N)
+    return CaptionTokenizer(context_length=N)(captions)  # (B, N)
 
 
 def test_shapes(model: CLIPDualEncoder, ids: torch.Tensor) -> None:

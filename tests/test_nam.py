@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CLIPTokenizer
+from data.tokenizer import EOT_ID, MASK_ID, SOT_ID, CaptionTokenizer
 from engine.config import ConfigError, load_config
 from engine.method.nam import apply_mask, mask_probabilities, uniform_probabilities, valid_token_mask
 
 
 def caption_ids() -> torch.Tensor:
-    return CLIPTokenizer(16)(["a man in a red shirt and blue jeans", "woman", "a long caption " * 10])
+    return CaptionTokenizer(16)(["a man in a red shirt and blue jeans", "woman", "a long caption " * 10])
 
 
 def test_valid_tokens_lie_strictly_between_sot_and_eot():
@@ -85,7 +85,7 @@ def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
     """score() records r = 1 - max cosine per token; mask() in the next epoch turns it into higher masking
     probabilities for the token that matched no patch. Epoch 0 masks uniformly, and EM never reads scores."""
     from engine.config import NamConfig
-    from engine.method.nam import NoiseAwareMasker
+    from engine.method.nam import TokenMasker
     from engine.method.noise_table import ShardedNoiseTable
 
     ids = caption_ids()[:1].repeat(400, 1)  # one caption, many draws
@@ -95,7 +95,7 @@ def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
     patches = torch.eye(4, 8).unsqueeze(0).repeat(400, 1, 1)  # (B, M=4, E=8)
     tokens = patches[:, :1].repeat(1, ids.shape[1], 1).clone()  # (B, N, E), all equal to patch 0
     tokens[:, noisy] = torch.eye(8)[7]  # orthogonal to every patch: r = 1
-    masker = NoiseAwareMasker(NamConfig(tap_layer=1, kernel="torch"), ShardedNoiseTable(400, ids.shape[1]))
+    masker = TokenMasker(NamConfig(tap_layer=1, kernel="torch"), ShardedNoiseTable(400, ids.shape[1]))
     first, unscored = masker.mask(ids, caption_id, epoch=0, generator=torch.Generator().manual_seed(0))
     assert unscored == 0
     masker.score(caption_id, ids, tokens, patches)
@@ -108,9 +108,9 @@ def test_masker_scores_this_epoch_and_masks_the_noisy_word_more_next_epoch():
     others = valid[0].clone()
     others[noisy] = False
     assert changed_second[others].mean() < changed_first[others].mean()  # the mean stays p, so the rest less
-    em = NoiseAwareMasker(NamConfig(masking="em", tap_layer=1), None)
-    assert not em.scores and em.mask(ids, caption_id, epoch=3, generator=torch.Generator())[1] == 0
-    none = NoiseAwareMasker(NamConfig(masking="none", tap_layer=1), None)
+    em = TokenMasker(NamConfig(masking="em", tap_layer=1), None)
+    assert not em.needs_scores and em.mask(ids, caption_id, epoch=3, generator=torch.Generator())[1] == 0
+    none = TokenMasker(NamConfig(masking="none", tap_layer=1), None)
     assert none.mask(ids, caption_id, epoch=3, generator=torch.Generator())[0] is ids
 
 

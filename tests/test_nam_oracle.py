@@ -12,7 +12,7 @@ from data.manifest import Manifest
 from data.order import image_permutation
 from data.pack import pack
 from data.synthetic import CAPTION_FILES, generate
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.config import AugmentConfig
 from engine.method.nam import valid_token_mask
 from engine.method.nam_oracle import OracleNoise
@@ -27,7 +27,7 @@ def test_oracle_marks_the_wrong_word(tmp_path: Path) -> None:
     oracle = OracleNoise.load(raw / "noise_words.jsonl", manifest, 77)
     records = [json.loads(line) for line in (raw / "noise_words.jsonl").read_text().splitlines()]
     assert 10 < len(oracle.spans) <= len(records)
-    tokenizer = CLIPTokenizer(77)
+    tokenizer = CaptionTokenizer(77)
     stream = CaptionSampleStream(manifest, rank=0, world_size=1, num_workers=0, batch_size=4, image_size=(64, 32),
                                  augment=AugmentConfig(), context_length=77, seed=0, shuffle_buffer=1)  # fmt: skip
     seed = json.loads((tmp_path / "shards" / "manifest.json").read_text())["image_order"]["seed"]

@@ -9,7 +9,7 @@ import torch
 
 from data.caption_files import DIRTY_CAPTION
 from data.synthetic import CAPTION_FILES
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.model import build_model
 from engine.runtime.checkpoint import export_model
 from eval.analysis.noise_auroc import (
@@ -96,7 +96,7 @@ def test_correct_words_are_the_persons_attributes_and_every_record_is_found(synt
 
 
 def test_word_token_spans_reproduce_the_caption_ids(synthetic: Path):
-    tokenizer = CLIPTokenizer(77)
+    tokenizer = CaptionTokenizer(77)
     captions, _ = select_captions(synthetic, max_captions=10_000)
     for caption in captions:
         ids = tokenizer.encode(caption.text)
@@ -109,7 +109,7 @@ def test_word_token_spans_reproduce_the_caption_ids(synthetic: Path):
 
 def test_a_span_inside_a_word_is_refused():
     with pytest.raises(NoiseAurocError, match="token boundaries"):
-        word_token_spans(CLIPTokenizer(77), "a man with blonde hair", [(12, 15)])
+        word_token_spans(CaptionTokenizer(77), "a man with blonde hair", [(12, 15)])
 
 
 def _expected_selection(data: Path, max_captions: int) -> list[tuple[str, str]]:

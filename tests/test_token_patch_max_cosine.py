@@ -225,9 +225,23 @@ def test_auto_picks_torch_on_cpu_and_triton_on_cuda(monkeypatch):
     assert torch.equal(token_patch_max_cosine(text, image, impl="auto"), token_patch_max_cosine_ref(text, image))
 
 
-def test_config_selects_the_implementation_explicitly():
+def test_config_selects_the_implementation_explicitly(monkeypatch):
+    """nam.kernel reaches the dispatcher as it is written: triton runs the Triton launcher even on CPU, torch and
+    auto (on CPU) the reference; nothing is chosen by what happens to be importable."""
     assert NamConfig().kernel == "auto"
-    assert {NamConfig(kernel=k).kernel for k in ("auto", "triton", "torch")} == {"auto", "triton", "torch"}
+    launched = []
+
+    def triton_stand_in(text, image, *args, **kwargs):
+        launched.append(text.shape)
+        return token_patch_max_cosine_ref(text, image)
+
+    monkeypatch.setattr(dispatcher, "token_patch_max_cosine_triton", triton_stand_in)
+    text, image = correlated_tokens(2, 5, 7, 16, seed=3)
+    results = {k: token_patch_max_cosine(text, image, impl=NamConfig(kernel=k).kernel) for k in ("auto", "torch")}
+    assert not launched
+    token_patch_max_cosine(text, image, impl=NamConfig(kernel="triton").kernel)
+    assert launched == [text.shape]
+    assert torch.equal(results["auto"], results["torch"])
     with pytest.raises(ConfigError, match="nam.kernel must be one of auto, triton, torch"):
         NamConfig(kernel="cuda")
 

@@ -83,8 +83,8 @@ def apply_mask(
     return masked, drawn
 
 
-class NoiseAwareMasker:
-    """NAM in one object, as a training step uses it (docs/method.md):
+class TokenMasker:
+    """The caption masking of a training step under each nam.masking (docs/method.md), and NAM's scoring:
 
     - `mask`: T_nam from T_full. NAM turns each caption's noise from the previous epoch into masking probabilities
       (Eq. 4: r' = r - mean(r) + p), EM masks every valid token with p, `none` leaves the caption as it is. Epoch
@@ -107,7 +107,7 @@ class NoiseAwareMasker:
         self.config, self.noise_table, self.oracle = config, noise_table, oracle
 
     @property
-    def scores(self) -> bool:
+    def needs_scores(self) -> bool:
         """Whether steps must score T_full (NAM only)."""
         return self.config.masking == "nam"
 
@@ -120,7 +120,7 @@ class NoiseAwareMasker:
         valid = valid_token_mask(ids)
         probabilities = uniform_probabilities(valid, self.config.mask_prob)
         unscored = 0
-        if self.scores and epoch > 0:  # epoch 0 has no scores yet: r' = p
+        if self.needs_scores and epoch > 0:  # epoch 0 has no scores yet: r' = p
             noise, known = self.noise_table.lookup(caption_ids, valid)
             scored = mask_probabilities(noise, valid, self.config.mask_prob, clip=self.config.clip)
             probabilities = torch.where(known.unsqueeze(1), scored, probabilities)
@@ -140,4 +140,4 @@ class NoiseAwareMasker:
         self.noise_table.record(caption_ids, noise, valid)
 
 
-__all__ = ["NoiseAwareMasker", "apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]
+__all__ = ["TokenMasker", "apply_mask", "mask_probabilities", "uniform_probabilities", "valid_token_mask"]

@@ -19,7 +19,7 @@ import torch
 from data.caption_files import is_dirty
 from data.manifest import MANIFEST, Manifest
 from data.order import packed_positions
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.config import ConfigError
 
 
@@ -39,7 +39,7 @@ class OracleNoise:
         packing = json.loads((Path(manifest.root) / MANIFEST).read_text())
         position = packed_positions([p.name for p in (folder / "imgs").iterdir()], packing.get("image_order"))
         dirty_rule = packing.get("dirty_caption_rule", "same_captioner")
-        tokenizer = CLIPTokenizer(context_length)
+        tokenizer = CaptionTokenizer(context_length)
         texts: dict[str, dict[str, str]] = {}
         spans: dict[int, tuple[int, int]] = {}
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

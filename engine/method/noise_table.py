@@ -47,10 +47,6 @@ class ShardedNoiseTable:
         self.in_flight: deque[tuple[torch.cuda.Event, torch.Tensor, torch.Tensor]] = deque()
         self.free_pinned: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
-    @property
-    def bytes_per_caption(self) -> int:
-        return self.context_length  # one byte per token where owned (plus 8 B of id where read remotely)
-
     def record(self, caption_ids: torch.Tensor, noise: torch.Tensor, valid: torch.Tensor) -> None:
         """Keeps r (B, N) of the valid tokens of captions (B,) until the epoch boundary.
 

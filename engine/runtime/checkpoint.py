@@ -65,7 +65,7 @@ def export_model(model: nn.Module, out_dir: Path, model_config: ModelConfig, tap
 
 
 def save_checkpoint(
-    engine,
+    ds_engine,
     checkpoint_dir: Path,
     *,
     tag: str,
@@ -78,7 +78,9 @@ def save_checkpoint(
 ) -> Path:
     """Every rank calls this at the same step; returns the tag folder."""
     tag_dir = checkpoint_dir / tag
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False)
+    ds_engine.save_checkpoint(
+        str(checkpoint_dir), tag=tag, client_state={"train_state": train_state}, save_latest=False
+    )
     rank = collectives.rank()
     _hold_for_fault_injection(tag, rank)
     rank_state = {f"noise_table.{k}": v for k, v in noise_table.state_dict().items()} | {
@@ -87,7 +89,7 @@ def save_checkpoint(
     rank_state |= {f"data.{k}": v for k, v in (data_state or {}).items()}
     _atomic_save_tensors(_rank_state_file(tag_dir, rank), rank_state)
     if rank == 0:
-        export_model(engine.module, tag_dir, model_config, tap_layer)
+        export_model(ds_engine.module, tag_dir, model_config, tap_layer)
         write_text_atomically(tag_dir / TRAIN_STATE_FILE, json.dumps(train_state, indent=1))
     collectives.barrier()  # `latest` may point here only once every rank's files are complete
     if rank == 0:
@@ -167,14 +169,14 @@ def load_data_positions(tag_dir: Path, ranks: list[int]) -> list[dict[str, torch
     return [_part(_rank_state_file(tag_dir, r), "data.") for r in ranks]
 
 
-def load_checkpoint(engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> dict:
+def load_checkpoint(ds_engine, tag_dir: Path, noise_table: ShardedNoiseTable) -> dict:
     """Restores DeepSpeed state, the noise table and this rank's RNG; returns the train state.
 
     On the world size that wrote it, every rank gets its own part back, mid-epoch state included. On
     another world size each rank takes the rows it now owns from every old rank's file; the caller then
     runs the rest of the interrupted epoch in a new order and refreshes what the ranks read in it."""
     try:
-        loaded_path, client_state = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        loaded_path, client_state = ds_engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     except RuntimeError as error:
         if "state_dict" not in str(error):
             raise

@@ -86,15 +86,6 @@ def _control_group():
     return _CONTROL_GROUP
 
 
-def all_ranks(flag: bool) -> bool:
-    """True when `flag` holds on every rank: one all-reduce of one CPU integer."""
-    if not is_distributed():
-        return flag
-    value = torch.tensor([int(flag)], dtype=torch.int32)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=_control_group())
-    return bool(value.item())  # CPU tensor: no device sync
-
-
 def agree(row: list[int]) -> list[list[int]]:
     """Every rank's `row` of a few integers, on every rank, in rank order: one all-gather of one CPU tensor on the
     control group (gloo), so that it neither waits on nor synchronises the device."""

@@ -47,7 +47,7 @@ _received: list[str] = []  # names of the stop signals this process got
 
 
 def _on_stop_signal(signum: int, frame) -> None:
-    # Only record: the step in progress finishes and the ranks agree on where to stop (should_stop).
+    # Only record: the step in progress finishes and the ranks agree on where to stop (engine/runtime/step_agreement.py).
     _received.append(signal.Signals(signum).name)
 
 
@@ -96,12 +96,6 @@ def describe_votes(votes: list[float]) -> str | None:
         return None
     first = max(range(len(STOP_SIGNALS)), key=lambda i: votes[i])
     return f"{STOP_SIGNALS[first].name} on {int(votes[first])} of {collectives.world_size()} ranks"
-
-
-def should_stop() -> str | None:
-    """On every rank, the stop signal that any rank got, or None to go on. A collective: all ranks call it at the same
-    point. Training votes inside its periodic agreement instead (engine/step_agreement.py)."""
-    return describe_votes(collectives.all_reduce_sum([float(v) for v in local_votes()]))
 
 
 def resume_target(resume: str | None, run_dir: Path, *, announce: bool) -> str | None:

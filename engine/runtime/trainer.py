@@ -22,7 +22,7 @@ from data.position import DataPosition
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.method.losses import id_loss, mlm_loss, sdm_loss
 from engine.method.mlm import mlm_branch
-from engine.method.nam import NoiseAwareMasker
+from engine.method.nam import TokenMasker
 from engine.method.noise_table import ShardedNoiseTable
 from engine.model.training_model import build_training_model, dual_encoder, parameter_groups
 from engine.runtime import collectives, preemption
@@ -80,13 +80,13 @@ def oracle_for(config: Config):
 
 
 def train_step(
-    engine, batch: dict, config: Config, masker: NoiseAwareMasker | None, *, epoch: int, generator: torch.Generator
+    engine, batch: dict, config: Config, masker: TokenMasker | None, *, epoch: int, generator: torch.Generator
 ) -> dict:
     """One step of the paper: NAM-mask the captions, encode, SDM on the global batch (plus IRRA's ID and MLM losses
     where the config turns them on), backward and step, then score T_full for the next epoch's masks."""
     ids, caption_ids = batch["ids"], batch["caption_id"]  # T_full (B, N) and the captions' global ids (B,)
     masked_ids, unscored = masker.mask(ids, caption_ids, epoch=epoch, generator=generator) if masker else (ids, 0)
-    score = masker is not None and masker.scores
+    score = masker is not None and masker.needs_scores
     target = device()
     dtype = next(engine.module.parameters()).dtype
     heads, mlm_drawn = {}, None
@@ -164,8 +164,6 @@ def train(
     position = DataPosition(stream.splits, manifest.caption_id_space, len(PROBLEMS))
     # Every rank must run the same number of steps or the gathers deadlock: the minimum over ranks.
     epoch_batches = [stream.batches_per_epoch(e) for e in range(config.train.epochs)]
-    if min(epoch_batches) == 0:
-        raise ValueError(f"{manifest.root} gives a rank fewer than train.batch_size={config.train.batch_size} captions")
     total_steps = sum(epoch_batches) // config.train.grad_accum
 
     model = build_training_model(config, manifest)  # the dual encoder, plus IRRA's heads when their losses are on
@@ -177,13 +175,13 @@ def train(
         model=model, optimizer=optimizer, lr_scheduler=None if per_epoch else scheduler, config=ds_config
     )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
-    masker = NoiseAwareMasker(config.nam, noise_table, oracle=oracle_for(config))
+    masker = TokenMasker(config.nam, noise_table, oracle=oracle_for(config))
     evaluator = make_evaluator(config.eval) if make_evaluator else None
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
         state = restore(
             engine,
-            resume if resume != "latest" else checkpoint_dir,
+            resume,
             noise_table,
             stream,
             position,
@@ -331,7 +329,7 @@ def run_epoch(
     engine,
     stream: CaptionSampleStream,
     config: Config,
-    masker: NoiseAwareMasker,
+    masker: TokenMasker,
     state: TrainState,
     position: DataPosition,
     *,

@@ -33,7 +33,7 @@ from data.caption_files import DIRTY_CAPTION, CaptionError, read_caption_file
 from data.cli_errors import error_boundary, positive_int
 from data.outputs import check_output_file, output_argument, write_text_atomically
 from data.synthetic import ATTRIBUTE_VOCABULARY, CAPTION_FILES
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from data.transforms import eval_transform
 from engine.config import ConfigError, load_config
 from engine.method.nam import valid_token_mask
@@ -115,7 +115,7 @@ def attribute_spans(text: str, wrong_spans: dict[tuple[int, int], str]) -> list[
     return [AttributeSpan(found[span], span[0], span[1], span in wrong_spans) for span in sorted(found)]
 
 
-def word_token_spans(tokenizer: CLIPTokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def word_token_spans(tokenizer: CaptionTokenizer, text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Token range [a, b) in tokenizer.encode(text) (no SOT) of each character span.
 
     CLIP's BPE never merges across whitespace or a letter/punctuation boundary, so when the spans start and end
@@ -236,7 +236,7 @@ def score_words(
     """Noise of every attribute word, and how many words fell beyond the context length (truncated away)."""
     model = model.to(device).eval()
     dtype = next(model.parameters()).dtype
-    tokenizer = CLIPTokenizer(model.cfg.context_length)
+    tokenizer = CaptionTokenizer(model.cfg.context_length)
     words: list[WordNoise] = []
     truncated = 0
     for start in range(0, len(captions), batch_size):

@@ -33,15 +33,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.outputs import check_output_file, output_argument, sha256_of
-from data.transforms import eval_transform
 from engine.model import CLIPDualEncoder
 from engine.runtime import collectives
 from engine.runtime.checkpoint import (
@@ -53,12 +51,12 @@ from engine.runtime.checkpoint import (
     load_exported_model,
     resolve_tag_dir,
 )
+from eval.encode import ImageFiles
 
 FORMAT = "person-search-gallery-index/1"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 PATH_SEPARATOR = b"\0"  # the one byte no file name can hold
 # What PIL raises for a file it cannot decode: truncated or corrupt data, an unknown format, a decompression bomb.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class GalleryIndexError(ValueError):
@@ -163,25 +161,6 @@ def list_images(folder: Path) -> list[str]:
     )
 
 
-class _ImageFiles(Dataset):
-    """(image, 1) for a decodable file, (zeros, 0) for one that is not: a bad file must not stop the run."""
-
-    def __init__(self, paths: list[Path], image_size: tuple[int, int]) -> None:
-        self.paths = paths
-        self.transform = eval_transform(image_size)
-        self.blank = torch.zeros(3, *image_size)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            with Image.open(self.paths[index]) as image:
-                return self.transform(image.convert("RGB")), 1
-        except DECODE_ERRORS:
-            return self.blank, 0
-
-
 @torch.no_grad()
 def encode_images(
     model: CLIPDualEncoder,
@@ -197,7 +176,9 @@ def encode_images(
     dtype = next(model.parameters()).dtype
     start, stop = collectives.block_bounds(len(paths))
     loader = DataLoader(
-        _ImageFiles(paths[start:stop], model.cfg.image_size), batch_size=batch_size, num_workers=num_workers
+        ImageFiles(paths[start:stop], model.cfg.image_size, blank_undecodable=True),
+        batch_size=batch_size,
+        num_workers=num_workers,
     )
     quiet = not sys.stderr.isatty() or collectives.rank() != 0
     features, readable = [], []
@@ -321,10 +302,6 @@ def plan(out: Path, images: Path, identity: ModelIdentity, *, approximate: bool)
     return _Plan(existing=existing, keep=keep, encode=encode, still_unreadable=still_unreadable, stats=stats)
 
 
-def device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def run(args: argparse.Namespace) -> int:
     images, out = Path(args.images).resolve(), Path(args.out)
     if not images.is_dir():
@@ -346,7 +323,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model, _ = load_exported_model(identity.checkpoint)
     features, readable = encode_images(
-        model, [images / p for p in work.encode], batch_size=args.batch_size, num_workers=args.workers, device=device()
+        model,
+        [images / p for p in work.encode],
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device=collectives.device(),
     )
     if collectives.rank() != 0:  # every rank encoded its share; rank 0 writes
         return 0

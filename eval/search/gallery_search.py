@@ -27,7 +27,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from data.cli_errors import error_boundary, positive_int
-from data.tokenizer import CLIPTokenizer
+from data.tokenizer import CaptionTokenizer
 from engine.config import ConfigError, ModelConfig, build_section
 from engine.model.blocks import CLIPTextTransformer
 from engine.model.clip import CLIPDualEncoder, tower_configs
@@ -136,7 +136,7 @@ class GallerySearcher:
         self.index: GalleryIndex = read_index(self.index_path, features=in_memory)
         self.model = self._checked_model(checkpoint)
         self.tower = load_text_tower(Path(self.model.checkpoint), self.model.model_config)
-        self.tokenizer = CLIPTokenizer(self.tower.cfg.context_length)
+        self.tokenizer = CaptionTokenizer(self.tower.cfg.context_length)
         self.memory_budget = memory_budget
         self.approximate = self._load_approximate(probes) if approximate else None
 
