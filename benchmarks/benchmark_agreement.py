@@ -1,4 +1,4 @@
-"""What one agreement of engine/step_agreement.py costs: the all-gather of a few CPU integers on the gloo control
+"""What one agreement of engine/runtime/step_agreement.py costs: the all-gather of a few CPU integers on the gloo control
 group that the ranks make every train.agree_every_steps optimizer steps.
 
 deepspeed --num_gpus 2 --module benchmarks.benchmark_agreement [--rounds 500]   (or torchrun --nproc-per-node 2 -m)

@@ -13,7 +13,7 @@ What it does, as the reference does:
 - scoring materialises the (B, N, M) cosine tensor with einsum and takes its max over patches; the scores are
   copied to the host and kept per caption in a Python dict.
 The masking itself happens in the reference's data loader workers, off the step's critical path, so it is
-done outside the timed step here too. SDM is engine/losses.py's (the same formula).
+done outside the timed step here too. SDM is engine/method/losses.py's (the same formula).
 """
 
 from __future__ import annotations

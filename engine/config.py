@@ -88,7 +88,7 @@ class NamConfig:
     # A caption with no drawn token gets one (NAM, EM and IRRA's MLM caption): most_probable = its most probable
     # valid token, corrupted 80/10/10; first_token = the reference's rule, the token at position 1 becomes <|mask|>.
     force_mask: str = "most_probable"
-    # Ablation ceiling (engine/nam_oracle.py): noise_words.jsonl of the packed synthetic set; its recorded wrong
+    # Ablation ceiling (engine/method/nam_oracle.py): noise_words.jsonl of the packed synthetic set; its recorded wrong
     # words get r = 1 and every other token r = 0 instead of the model's scores. None = the real scorer.
     oracle_noise: str | None = None
 
@@ -121,7 +121,7 @@ class LossConfig:
     # IRRA's released code also feeds the MLM-masked caption to SDM and ID (anosorae/IRRA#13), and its published
     # numbers come from that; false = its paper's design: SDM and ID see the caption that nam.masking gives.
     mlm_shared_caption: bool = True
-    # A FILIP-style token-wise loss at the tap layer (engine/token_alignment.py). Not part of the method: it only
+    # A FILIP-style token-wise loss at the tap layer (engine/method/token_alignment.py). Not part of the method: it only
     # trains the synthetic stand-in for web-pretrained CLIP (configs/synthetic_clip.yaml); 0 = off.
     filip_weight: float = 0.0
     filip_temperature: float = 0.05
@@ -211,7 +211,7 @@ class TrainConfig:
     max_steps: int = 0  # stop (and checkpoint) after this many optimizer steps; 0 = run all epochs
     log_every_steps: int = 10
     # The ranks agree on "data left on every rank" and "any stop signal" once per this many optimizer steps, holding
-    # as many batches ahead; between agreements a step makes no host sync of its own (engine/step_agreement.py).
+    # as many batches ahead; between agreements a step makes no host sync of its own (engine/runtime/step_agreement.py).
     agree_every_steps: int = 16
     # Intra-op CPU threads per rank; 0 = torch's default (the machine's cores). CPU results are bitwise
     # reproducible only at a fixed thread count: reductions split differently over 1 and 2 threads.
@@ -268,7 +268,7 @@ class EvalConfig:
 
 @dataclass
 class LogConfig:
-    """Where rank 0's metrics go besides RUN_DIR/metrics.jsonl (engine/metrics_log.py)."""
+    """Where rank 0's metrics go besides RUN_DIR/metrics.jsonl (engine/runtime/metrics_log.py)."""
 
     # wandb: offline (a local run under RUN_DIR/wandb; `wandb sync` uploads it) | online (after `wandb login` or
     # with WANDB_API_KEY) | disabled. WANDB_MODE in the environment wins, as everywhere in wandb.

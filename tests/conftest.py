@@ -7,7 +7,7 @@ import os
 import torch
 
 # Without a GPU, the Triton kernels in kernels/ run through Triton's CPU interpreter instead of being skipped
-# (STYLE.md item 7). Triton decides interpreter-or-compiler when a @triton.jit function is defined, so the variable
+# (a kernel test that skips on CPU would test nothing on most machines). Triton decides interpreter-or-compiler when a @triton.jit function is defined, so the variable
 # must be set before any test imports a kernel module; here, ahead of every other import, it is also set before
 # triton itself is imported. With CUDA the real compiler runs. setdefault lets TRITON_INTERPRET=0/1 be forced.
 if not torch.cuda.is_available():

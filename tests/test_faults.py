@@ -72,7 +72,7 @@ def test_sigkill_mid_checkpoint_fails_fast_naming_the_rank_and_the_same_command_
         "train.checkpoint_every_steps=3 train.keep_checkpoints=2 train.collective_timeout_s=120",
     )
     # Each rank stops inside the save of step 9 (the third checkpoint) and says so with a file: the kill lands
-    # mid-save by construction, not by a race against the clock (engine/checkpoint.py, _hold_for_fault_injection).
+    # mid-save by construction, not by a race against the clock (engine/runtime/checkpoint.py, _hold_for_fault_injection).
     holding = tmp_path / "holding"
     writing = f"step{9:08d}"
     launcher = start_train_sh(tmp_path / "killed.log", **command, TBPS_FAULT_HOLD_SAVE=f"{writing}:{holding}")

@@ -1,7 +1,7 @@
 """Noise-aware masking (NAM) and its uniform baseline (EM), docs/method.md.
 
 Per caption: tokens whose layer-l embedding matches no image patch well are likely noise and get a
-higher masking probability. Scores from epoch e drive the masks of epoch e+1 (engine/noise_table.py)."""
+higher masking probability. Scores from epoch e drive the masks of epoch e+1 (engine/method/noise_table.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ the scores of epoch e drive the masks of epoch e + 1 through the noise table and
 The synthetic generator records each wrong word as (caption file, image, character span) in noise_words.jsonl
 beside the caption files; packing numbers captions image_index * num_sources + source_index with images in the seeded
 random order its manifest records (data/pack.py, data/order.py), which maps a record to its caption id. The caption's tokens are found by encoding it
-piece by piece at the span's edges, as eval/noise_auroc.py does.
+piece by piece at the span's edges, as eval/analysis/noise_auroc.py does.
 """
 
 from __future__ import annotations

@@ -163,8 +163,8 @@ class ShardedNoiseTable:
     def load_owned_from(self, states: list[dict[str, torch.Tensor]]) -> None:
         """Restores from every rank of a run with another world size: keeps the owned rows now owned here.
 
-        What the old ranks read and had scored in the interrupted epoch is dropped: that epoch restarts,
-        and the caller must `refresh` with the captions this rank reads in it."""
+        What the old ranks read and had scored in the interrupted epoch is dropped: that epoch continues in a new
+        order over the captions not yet trained on, and the caller must `refresh` with the captions this rank reads."""
         for state in states:
             self._check_layout(state, same_world=False)
             old_rank, old_world = int(state["layout"][2]), int(state["layout"][3])

@@ -5,7 +5,7 @@ reflects correspondence. A tiny CLIP trained from scratch with a global contrast
 property at this scale (its noise AUROC stays near 0.5 at every layer), so the stand-in (configs/synthetic_clip.yaml)
 is trained with this loss beside the global one, which states the assumption as a training objective. It reads
 exactly the features NAM scores: the first `tap_layer` text blocks -> final_layer_norm -> text_projection, and
-the vision tokens after block `tap_layer` -> post_layernorm -> visual_projection (engine/model.py), with gradient.
+the vision tokens after block `tap_layer` -> post_layernorm -> visual_projection (engine/model/clip.py), with gradient.
 
 Per pair (caption i, image j): s_t2i(i, j) = mean over i's valid tokens of max over j's patches of the cosine,
 s_i2t(j, i) = mean over j's patches of max over i's valid tokens; the loss is the mean of the two cross-entropies

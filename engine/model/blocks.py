@@ -129,7 +129,7 @@ class CLIPEncoderLayer(nn.Module):
     ) -> tuple[torch.Tensor]:
         """(B, N, D) -> a 1-tuple of (B, N, D). Both masks are additive and summed, and the 1-tuple is returned:
         transformers' `CLIPEncoderLayer` convention, kept so that `layer(hidden, None, mask)[0]` callers
-        (clip.py, engine/token_alignment.py) read the same."""
+        (clip.py, engine/method/token_alignment.py) read the same."""
         if causal_attention_mask is not None:
             attention_mask = causal_attention_mask if attention_mask is None else attention_mask + causal_attention_mask
         hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states), attention_mask)

@@ -1,5 +1,5 @@
 """The caption stream a run reads, built from its config in one place: the trainer uses it, and so do the checks
-that run before training (engine/preflight.py), so that both see the same batches per epoch."""
+that run before training (engine/runtime/preflight.py), so that both see the same batches per epoch."""
 
 from __future__ import annotations
 

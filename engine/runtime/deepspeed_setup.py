@@ -18,7 +18,7 @@ def init_distributed(*, collective_timeout_s: float | None = None, heartbeat: bo
     """Joins the process group the launcher describes; a plain `python -m launcher.train` is rank 0 of 1.
 
     A collective that waits longer than `collective_timeout_s` (None: torch's default) fails instead of
-    hanging the job. With `heartbeat`, a rank that dies is named (engine/liveness.py); the caller then
+    hanging the job. With `heartbeat`, a rank that dies is named (engine/runtime/liveness.py); the caller then
     leaves through `shutdown_distributed`."""
     if "RANK" not in os.environ:
         os.environ.update(
@@ -69,7 +69,7 @@ def resolve_precision(precision: str) -> str:
 
 def deepspeed_config(config: Config, *, world_size: int) -> dict:
     """Batch sizes, ZeRO stage, precision and clipping. The optimizer and scheduler are torch objects built by
-    engine/schedule.py and handed to deepspeed.initialize, so the config declares neither."""
+    engine/runtime/schedule.py and handed to deepspeed.initialize, so the config declares neither."""
     train, optim = config.train, config.optim
     precision = resolve_precision(train.precision)
     return {

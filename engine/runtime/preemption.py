@@ -2,7 +2,7 @@
 
 SIGUSR1 (Slurm's early warning: `#SBATCH --signal=B:USR1@300`, forwarded to the ranks by the batch script)
 and SIGTERM (preemption, the time limit, `scancel`, the deepspeed launcher stopping its ranks) only set a
-flag. At every agreement (every train.agree_every_steps optimizer steps, engine/step_agreement.py) the ranks add
+flag. At every agreement (every train.agree_every_steps optimizer steps, engine/runtime/step_agreement.py) the ranks add
 up their flags, so that all of them stop after the same step even when the signal reached them at different
 moments; they save a checkpoint there and raise `StoppedBySignal`, and the entry point exits with EXIT_RESUMABLE. The batch script requeues the
 job on that status, and the requeued job's `--resume auto` picks the checkpoint up.

@@ -1,5 +1,5 @@
 """The optimizer and learning-rate schedule the trainer hands to DeepSpeed: a torch optimizer (Adam or AdamW) over
-the parameter groups of engine/training_model.py, and a torch `LambdaLR` whose factor is warmup-then-cosine.
+the parameter groups of engine/model/training_model.py, and a torch `LambdaLR` whose factor is warmup-then-cosine.
 
 With `optim.schedule: per_step` DeepSpeed steps the scheduler after every optimizer step and keeps its state in
 its checkpoints. With `per_epoch` (the reference implementation's way) the trainer steps it once at every epoch

@@ -2,7 +2,7 @@
 
 Two questions need every rank's answer: does every rank still have a batch (damaged data can leave one rank
 short of the manifest's count, and a rank that stops stepping would leave the others waiting in the SDM
-gathers), did any rank get a stop signal (engine/preemption.py), and did any rank's remote store stay down
+gathers), did any rank get a stop signal (engine/runtime/preemption.py), and did any rank's remote store stay down
 (data/object_store.py). Both are answered by one all-gather of a
 few CPU integers on the gloo control group (`collectives.agree`), every `train.agree_every_steps` optimizer
 steps; between agreements a step makes no collective of its own beyond the SDM gathers and DeepSpeed's

@@ -2,7 +2,7 @@
 
 python -m eval serve --index INDEX [--port 8080] [--host 127.0.0.1] [--approximate]
 
-Routes: `/` the page (eval/static/gallery_search.html: a text box, the top-k images with their scores, a
+Routes: `/` the page (eval/search/static/gallery_search.html: a text box, the top-k images with their scores, a
 click shows an image large; no external assets, so it works offline), `/search?q=TEXT&top=K` the results as
 JSON, `/image/RELATIVE_PATH` an image. Only images the index lists are served, and only when their real path
 lies inside the indexed folder: anything else, `..` and symlinks leading out included, is a 404. The server
