@@ -292,3 +292,17 @@ def test_train_run_dir_overlaps_its_shards(world, tmp_path, where):
     line = assert_refused(train(world, run_dir, f"data.shards={shards}", "--overwrite"), "train.run_dir")
     assert "data.shards" in line
     assert digest(tmp_path / "data") == before
+
+
+def test_the_output_policy_knows_the_files_that_make_a_checkpoint(tmp_path: Path):
+    """data/outputs.py sits below the engine and cannot import the checkpoint's file names, so it repeats them: a
+    checkpoint or run folder as training writes it must still be recognised as one (never an output target)."""
+    from data.outputs import holds_checkpoint
+    from engine.runtime.checkpoint import LATEST, MODEL_CONFIG_FILE, TRAIN_STATE_FILE
+    from engine.runtime.run_folder import CHECKPOINTS
+
+    for marker in (LATEST, MODEL_CONFIG_FILE, TRAIN_STATE_FILE, CHECKPOINTS):
+        folder = tmp_path / f"holding-{marker}"
+        folder.mkdir()
+        (folder / marker).touch()
+        assert holds_checkpoint(folder) == marker
