@@ -32,13 +32,14 @@ from engine.collectives import device
 from engine.config import Config, EvalConfig, config_to_dict
 from engine.data_health import check_epoch_data
 from engine.data_setup import build_caption_stream, load_manifest
-from engine.deepspeed_setup import deepspeed_config, init_distributed
+from engine.deepspeed_setup import deepspeed_config, init_distributed, resolve_precision
 from engine.environment import ENVIRONMENT_FILE, run_environment
 from engine.losses import id_loss, mlm_loss, sdm_loss
 from engine.metrics_log import MetricsLog
 from engine.model.heads import mlm_branch
 from engine.nam import NoiseAwareMasker
 from engine.noise_table import ShardedNoiseTable
+from engine.reference_precision import FP16_REFERENCE, cast_like_reference, reference_autocast
 from engine.run_folder import TOOL as RUN_FOLDER_TOOL
 from engine.schedule import build_optimizer, build_scheduler, stepped_per_epoch
 from engine.step_agreement import LookaheadBatches
@@ -100,40 +101,41 @@ def train_step(
             device=target,
             force_mask=config.nam.force_mask,
         )
-    images = batch["image"].to(target, dtype=dtype, non_blocking=True)
-    out = engine(
-        images,
-        masked_ids.to(target, non_blocking=True),
-        score_ids=ids.to(target, non_blocking=True) if score else None,
-        **heads,
-    )
-    pids = batch["pid"].to(target, non_blocking=True)
-    parts = {
-        "sdm": sdm_loss(
-            collectives.gather_with_grad(out["image_feats"]),
-            collectives.gather_with_grad(out["text_feats"]),
-            collectives.gather_no_grad(pids),
-            temperature=config.loss.temperature,
-            eps=config.loss.eps,
+    with reference_autocast(config.train.precision):  # fp16_reference only: the reference's fp16 autocast
+        images = batch["image"].to(target, dtype=dtype, non_blocking=True)
+        out = engine(
+            images,
+            masked_ids.to(target, non_blocking=True),
+            score_ids=ids.to(target, non_blocking=True) if score else None,
+            **heads,
         )
-    }
-    if config.loss.id_weight > 0:  # local batch; DeepSpeed's gradient averaging makes it the global mean
-        parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
-    if config.loss.mlm_weight > 0:
-        parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
-    if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
-        from engine.token_alignment import filip_loss
+        pids = batch["pid"].to(target, non_blocking=True)
+        parts = {
+            "sdm": sdm_loss(
+                collectives.gather_with_grad(out["image_feats"]),
+                collectives.gather_with_grad(out["text_feats"]),
+                collectives.gather_no_grad(pids),
+                temperature=config.loss.temperature,
+                eps=config.loss.eps,
+            )
+        }
+        if config.loss.id_weight > 0:  # local batch; DeepSpeed's gradient averaging makes it the global mean
+            parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
+        if config.loss.mlm_weight > 0:
+            parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
+        if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
+            from engine.token_alignment import filip_loss
 
-        parts["filip"] = filip_loss(
-            dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
-        )
-    weights = {
-        "sdm": 1.0,
-        "id": config.loss.id_weight,
-        "mlm": config.loss.mlm_weight,
-        "filip": config.loss.filip_weight,
-    }
-    loss = sum(weights[name] * part for name, part in parts.items())
+            parts["filip"] = filip_loss(
+                dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
+            )
+        weights = {
+            "sdm": 1.0,
+            "id": config.loss.id_weight,
+            "mlm": config.loss.mlm_weight,
+            "filip": config.loss.filip_weight,
+        }
+        loss = sum(weights[name] * part for name, part in parts.items())
     engine.backward(loss)
     engine.step()
     if score:
@@ -169,6 +171,9 @@ def train(
     total_steps = sum(epoch_batches) // config.train.grad_accum
 
     model = build_training_model(config, manifest)  # the dual encoder, plus IRRA's heads when their losses are on
+    precision = resolve_precision(config.train.precision)
+    if precision == FP16_REFERENCE:  # before the optimizer takes the parameters: it steps them in fp16
+        cast_like_reference(model)
     ds_config = deepspeed_config(config, world_size=world)
     optimizer = build_optimizer(parameter_groups(model, config.optim), config.optim)  # torch Adam or AdamW
     scheduler = build_scheduler(optimizer, config.optim, epochs=config.train.epochs, total_steps=total_steps)
@@ -201,7 +206,6 @@ def train(
         run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)
     )
     if rank == 0:
-        precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
         print(
             f"training: {world} rank(s), {epoch_batches[0]} batches/epoch of {config.train.batch_size} per rank "
             f"(global batch {config.train.batch_size * world * config.train.grad_accum}), {total_steps} optimizer "
@@ -259,7 +263,8 @@ def train(
             tag = f"epoch{epoch + 1:04d}"
             checkpoint(tag)
             if evaluator and evaluator.due(epoch + 1):
-                evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
+                with reference_autocast(precision):  # the fp16 weights of fp16_reference take fp16 inputs
+                    evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
         final_dir = run_dir / "final"
         if rank == 0:
             export_model(dual_encoder(engine.module), final_dir, config.model, config.nam.tap_layer)
