@@ -108,6 +108,7 @@ def timed_train_step(ds_engine, batch: dict, config: Config, noise_table, *, gen
     from engine.method.nam import TokenMasker, valid_token_mask
     from engine.runtime import collectives
     from engine.runtime.collectives import device
+    from engine.runtime.reference_precision import reference_autocast
     from kernels.token_patch_max_cosine import token_patch_max_cosine
 
     timer = PartTimer()
@@ -117,13 +118,13 @@ def timed_train_step(ds_engine, batch: dict, config: Config, noise_table, *, gen
     dtype = next(ds_engine.module.parameters()).dtype
     with timer.part("masking"):
         masked_ids, _ = TokenMasker(config.nam, noise_table).mask(ids, caption_ids, epoch=EPOCH, generator=generator)
-    with timer.part("forward"):
+    with timer.part("forward"), reference_autocast(config.train.precision):
         out = ds_engine(
             batch["image"].to(target, dtype=dtype, non_blocking=True),
             masked_ids.to(target, non_blocking=True),
             score_ids=ids.to(target, non_blocking=True) if score else None,
         )
-    with timer.part("sdm_and_gathers"):
+    with timer.part("sdm_and_gathers"), reference_autocast(config.train.precision):
         pids = batch["pid"].to(target, non_blocking=True)
         loss = sdm_loss(
             collectives.gather_with_grad(out["image_feats"]),
@@ -204,17 +205,20 @@ def build_engine(config: Config, *, total_steps: int, world: int):
     import deepspeed
 
     from engine.model.training_model import build_training_model, parameter_groups
-    from engine.runtime.deepspeed_setup import deepspeed_config
+    from engine.runtime.deepspeed_setup import deepspeed_config, resolve_precision
+    from engine.runtime.reference_precision import FP16_REFERENCE, cast_like_reference
 
     torch.manual_seed(config.train.seed)
     model = build_training_model(config, SimpleNamespace(num_identities=None, root=Path("synthetic")))
+    precision = resolve_precision(config.train.precision)
+    if precision == FP16_REFERENCE:
+        cast_like_reference(model)
     from engine.runtime.schedule import build_optimizer
 
     ds_config = deepspeed_config(config, world_size=world)
     ds_engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=build_optimizer(parameter_groups(model, config.optim), config.optim), config=ds_config
     )
-    precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
     return ds_engine, precision
 
 
@@ -360,6 +364,9 @@ def load_benchmark_config(args: argparse.Namespace) -> Config:
         raise ConfigError("benchmark_train_step times SDM pretraining: set loss.id_weight=0 and loss.mlm_weight=0")
     if config.nam.masking == "none":
         raise ConfigError("benchmark_train_step compares NAM and EM; nam.masking=none has no masking to time")
+    from engine.runtime.preflight import check_machine
+
+    check_machine(config)  # CUDA-only settings, refused in one line as launcher.train does
     return config
 
 

@@ -20,6 +20,7 @@
 # 5. the reference step (benchmarks/reference_step.py, fp16, batch 64) on the same GPU, for the speed ratio
 # 6. 30 training steps of the paper config through the deepspeed launcher (nccl, 1 GPU) from synthetic shards,
 #    then a resume for 5 more
+# 7. 10 steps in the authors' precision (train.precision=fp16_reference: fp16 weights, no fp32 master copy)
 # Each part has its own time limit and a failed part does not stop the others. OUT_DIR gets every part's log and
 # JSON, gpu_check.json (all figures) and gpu_check.txt (the table, also printed). Nothing is downloaded.
 # Without CUDA it says so and exits 0 having written nothing.
@@ -113,5 +114,7 @@ TRAIN=(--config configs/pretrain_luperson_mllm.yaml "data.shards=$OUT/data/shard
 part training 150 "${DEEPSPEED[@]}" --num_gpus 1 --master_port 29641 --module launcher.train "${TRAIN[@]}" train.max_steps=30
 part training_resume 90 "${DEEPSPEED[@]}" --num_gpus 1 --master_port 29642 --module launcher.train "${TRAIN[@]}" \
   train.max_steps=35 --resume latest
+part training_fp16_reference 90 "${DEEPSPEED[@]}" --num_gpus 1 --master_port 29643 --module launcher.train "${TRAIN[@]}" \
+  "train.run_dir=$OUT/train_fp16_reference" train.precision=fp16_reference train.max_steps=10
 
 "$PY" -m benchmarks.gpu_check_report summary "$OUT" --seconds $(($(date +%s) - started))

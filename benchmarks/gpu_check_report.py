@@ -152,6 +152,7 @@ def summary(out: Path, seconds: int) -> dict:
         "step_benchmark": step,
         "reference_step": reference,
         "training": _training(out / "train" / "metrics.jsonl"),
+        "training_fp16_reference": _training(out / "train_fp16_reference" / "metrics.jsonl"),
     }
     if step and reference:
         ours = step["modes"]["nam"]["samples_per_s"]
@@ -195,9 +196,10 @@ def render(result: dict) -> str:
                 f"kernel {row['dtype']} B={row['batch']}: {row['gbps']:.0f} GB/s{share}, "
                 f"{row['einsum'] / row['triton']:.2f}x the speed of einsum+max (goal >= 3x)"
             )
-    training = result["training"]
-    if training:
-        lines.append(f"training: last step {training['last_step']}, losses {training['losses']}")
+    for key, what in (("training", "training (bf16)"), ("training_fp16_reference", "training in fp16_reference")):
+        training = result.get(key)
+        if training:
+            lines.append(f"{what}: last step {training['last_step']}, losses {training['losses']}")
     return "\n".join(lines)
 
 

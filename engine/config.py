@@ -204,7 +204,9 @@ class TrainConfig:
     batch_size: int = 64  # per rank and micro-step; global batch = batch_size x ranks x grad_accum
     grad_accum: int = 1
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0, 1 or 2
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16 | fp16_reference (the reference's fp16 weights without an
+    # fp32 master copy, to reproduce its runs: engine/runtime/reference_precision.py)
+    precision: str = "auto"
     seed: int = 0
     checkpoint_every_steps: int = 0  # also checkpoint every N optimizer steps; 0 = epoch ends only
     keep_checkpoints: int = 3
@@ -235,8 +237,15 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be > 0 (got {getattr(self, name)})")
         if self.zero_stage not in (0, 1, 2):
             raise ConfigError(f"train.zero_stage must be 0, 1 or 2 (got {self.zero_stage})")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"train.precision must be one of auto, fp32, bf16, fp16 (got {self.precision!r})")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16", "fp16_reference"):
+            raise ConfigError(
+                f"train.precision must be one of auto, fp32, bf16, fp16, fp16_reference (got {self.precision!r})"
+            )
+        if self.precision == "fp16_reference" and self.zero_stage != 0:
+            raise ConfigError(
+                "train.precision=fp16_reference steps the fp16 weights themselves, and ZeRO keeps fp32 master copies: "
+                f"set train.zero_stage=0 (got {self.zero_stage})"
+            )
         if self.cpu_threads < 0:
             raise ConfigError(f"train.cpu_threads must be >= 0, 0 = torch's default (got {self.cpu_threads})")
         if self.checkpoint_every_steps < 0 or self.max_steps < 0:
@@ -302,6 +311,11 @@ class Config:
             raise ConfigError(
                 f"loss.mlm_shared_caption feeds the MLM-masked caption to SDM as IRRA's code does, so nam.masking must "
                 f"be none (got {self.nam.masking!r}); set loss.mlm_shared_caption=false to keep it"
+            )
+        if self.train.precision == "fp16_reference" and self.optim.eps < 1e-3:
+            raise ConfigError(  # Adam's moments are fp16 there, where eps 1e-8 is zero
+                f"train.precision=fp16_reference needs optim.eps >= 1e-3, the reference's Adam eps for its fp16 moments "
+                f"(got {self.optim.eps:g}); set optim.eps=1e-3"
             )
         mlm_heads = max(1, self.model.embed_dim // 64)  # IRRA: one head per 64 channels
         if self.loss.mlm_weight > 0 and self.model.embed_dim % mlm_heads:

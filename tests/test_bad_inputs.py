@@ -111,10 +111,13 @@ def test_train_triton_kernel_without_cuda(world, tmp_path, monkeypatch):
     assert_refused(train(world, f"train.run_dir={tmp_path / 'r'}", "nam.kernel=triton"), "nam.kernel=triton")
 
 
-def test_train_fp16_without_cuda(world, tmp_path):
+@pytest.mark.parametrize("precision", ["fp16", "fp16_reference"])
+def test_train_fp16_without_cuda(world, tmp_path, precision):
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine trains in fp16")
-    assert_refused(train(world, f"train.run_dir={tmp_path / 'r'}", "train.precision=fp16"), "train.precision=fp16")
+    overrides = [f"train.precision={precision}", "optim.eps=1e-3"]  # the eps fp16_reference needs, refused for CUDA
+    line = assert_refused(train(world, f"train.run_dir={tmp_path / 'r'}", *overrides), f"train.precision={precision}")
+    assert "CUDA" in line
 
 
 def test_train_shards_folder_missing(world, tmp_path):

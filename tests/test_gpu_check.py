@@ -133,7 +133,7 @@ def test_the_step_benchmark_cli_and_the_summary_with_the_ratio_against_the_refer
     assert step["modes"]["nam"]["parts_ms"]["nam_scoring"] > 0 and step["modes"]["em"]["parts_ms"]["nam_scoring"] == 0
     assert step["peak_memory_kind"] == "rss" and step["peak_memory_bytes_per_rank"][0] > 0
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 2 and "exists; give a new path" in again.stderr  # never overwritten
+    assert again.returncode == 2 and "already exists; choose another name" in again.stderr  # never overwritten
 
     reference = time_reference_steps(TINY_REFERENCE, batch=3, steps=1, device=torch.device("cpu"))
     (tmp_path / "reference_step.json").write_text(json.dumps(reference))

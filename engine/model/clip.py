@@ -6,7 +6,8 @@ state dicts load as they are (transformers itself is not imported). Two things d
   directly instead of re-interpolating a square table on every forward;
 - the encoders run their blocks here, not through an encoder's forward, so that the tokens after block
   `tap_layer` can be read in the same pass, and the text encoder can stop after `tap_layer` blocks to score the
-  unmasked caption cheaply.
+  unmasked caption (the reference runs both captions through those blocks together and only the masked one
+  above: the same scores and compute).
 
 This module is pure: no deepspeed, no process groups. The engine wraps it.
 """
@@ -157,8 +158,8 @@ class CLIPDualEncoder(nn.Module):
         return t_eos, tokens
 
     def encode_text_tokens(self, ids: torch.Tensor, n_layers: int) -> torch.Tensor:
-        """(B, N) ids -> (B, N, E) after only `n_layers` blocks: scores the unmasked caption without paying for
-        the blocks above the tap. The caller picks the grad mode (forward uses no_grad)."""
+        """(B, N) ids -> (B, N, E) after only `n_layers` blocks: scores the unmasked caption at the tap, which
+        needs no block above it. The caller picks the grad mode (forward uses no_grad)."""
         hidden, _ = self._text_hidden(ids, n_layers)
         return self._project_text(hidden)
 

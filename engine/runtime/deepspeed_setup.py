@@ -69,7 +69,11 @@ def resolve_precision(precision: str) -> str:
 
 def deepspeed_config(config: Config, *, world_size: int) -> dict:
     """Batch sizes, ZeRO stage, precision and clipping. The optimizer and scheduler are torch objects built by
-    engine/runtime/schedule.py and handed to deepspeed.initialize, so the config declares neither."""
+    engine/runtime/schedule.py and handed to deepspeed.initialize, so the config declares neither.
+
+    fp16_reference enables neither the fp16 nor the bf16 section: DeepSpeed's plain path then leaves the
+    parameters in the dtypes engine/runtime/reference_precision.py gave them and hands the torch optimizer over unwrapped,
+    so it steps the fp16 weights directly, with no fp32 master copy and no loss scaler."""
     train, optim = config.train, config.optim
     precision = resolve_precision(train.precision)
     return {

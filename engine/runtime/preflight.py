@@ -23,8 +23,10 @@ def check_machine(config: Config) -> None:
             "nam.kernel=triton needs a CUDA GPU (or TRITON_INTERPRET=1, Triton's slow CPU interpreter); "
             "use nam.kernel=auto or torch on this machine"
         )
-    if config.train.precision == "fp16":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU; use train.precision=auto or fp32 on this machine")
+    if config.train.precision in ("fp16", "fp16_reference"):
+        raise ConfigError(
+            f"train.precision={config.train.precision} needs a CUDA GPU; use train.precision=auto or fp32 on this machine"
+        )
 
 
 def check_paths(config: Config) -> None:

@@ -37,9 +37,10 @@ from engine.runtime.checkpoint import (
 from engine.runtime.collectives import device
 from engine.runtime.data_health import check_epoch_data
 from engine.runtime.data_setup import build_caption_stream, load_manifest
-from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed
+from engine.runtime.deepspeed_setup import deepspeed_config, init_distributed, resolve_precision
 from engine.runtime.environment import ENVIRONMENT_FILE, run_environment
 from engine.runtime.metrics_log import MetricsLog
+from engine.runtime.reference_precision import FP16_REFERENCE, cast_like_reference, reference_autocast
 from engine.runtime.run_folder import TOOL as RUN_FOLDER_TOOL
 from engine.runtime.schedule import build_optimizer, build_scheduler, stepped_per_epoch
 from engine.runtime.step_agreement import LookaheadBatches
@@ -80,7 +81,7 @@ def oracle_for(config: Config):
 
 
 def train_step(
-    engine, batch: dict, config: Config, masker: TokenMasker | None, *, epoch: int, generator: torch.Generator
+    ds_engine, batch: dict, config: Config, masker: TokenMasker | None, *, epoch: int, generator: torch.Generator
 ) -> dict:
     """One step of the paper: NAM-mask the captions, encode, SDM on the global batch (plus IRRA's ID and MLM losses
     where the config turns them on), backward and step, then score T_full for the next epoch's masks."""
@@ -88,7 +89,7 @@ def train_step(
     masked_ids, unscored = masker.mask(ids, caption_ids, epoch=epoch, generator=generator) if masker else (ids, 0)
     score = masker is not None and masker.needs_scores
     target = device()
-    dtype = next(engine.module.parameters()).dtype
+    dtype = next(ds_engine.module.parameters()).dtype
     heads, mlm_drawn = {}, None
     if config.loss.mlm_weight > 0:
         masked_ids, heads, mlm_drawn = mlm_branch(
@@ -100,42 +101,43 @@ def train_step(
             device=target,
             force_mask=config.nam.force_mask,
         )
-    images = batch["image"].to(target, dtype=dtype, non_blocking=True)
-    out = engine(
-        images,
-        masked_ids.to(target, non_blocking=True),
-        score_ids=ids.to(target, non_blocking=True) if score else None,
-        **heads,
-    )
-    pids = batch["pid"].to(target, non_blocking=True)
-    parts = {
-        "sdm": sdm_loss(
-            collectives.gather_with_grad(out["image_feats"]),
-            collectives.gather_with_grad(out["text_feats"]),
-            collectives.gather_no_grad(pids),
-            temperature=config.loss.temperature,
-            eps=config.loss.eps,
+    with reference_autocast(config.train.precision):  # fp16_reference only: the reference's fp16 autocast
+        images = batch["image"].to(target, dtype=dtype, non_blocking=True)
+        out = ds_engine(
+            images,
+            masked_ids.to(target, non_blocking=True),
+            score_ids=ids.to(target, non_blocking=True) if score else None,
+            **heads,
         )
-    }
-    if config.loss.id_weight > 0:  # local batch; DeepSpeed's gradient averaging makes it the global mean
-        parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
-    if config.loss.mlm_weight > 0:
-        parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
-    if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
-        from engine.method.token_alignment import filip_loss
+        pids = batch["pid"].to(target, non_blocking=True)
+        parts = {
+            "sdm": sdm_loss(
+                collectives.gather_with_grad(out["image_feats"]),
+                collectives.gather_with_grad(out["text_feats"]),
+                collectives.gather_no_grad(pids),
+                temperature=config.loss.temperature,
+                eps=config.loss.eps,
+            )
+        }
+        if config.loss.id_weight > 0:  # local batch; DeepSpeed's gradient averaging makes it the global mean
+            parts["id"] = id_loss(out["image_logits"], out["text_logits"], pids)
+        if config.loss.mlm_weight > 0:
+            parts["mlm"] = mlm_loss(out["mlm_logits"], ids.to(target, non_blocking=True), mlm_drawn)
+        if config.loss.filip_weight > 0:  # the stand-in for web-pretrained CLIP only, never the method
+            from engine.method.token_alignment import filip_loss
 
-        parts["filip"] = filip_loss(
-            dual_encoder(engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
-        )
-    weights = {
-        "sdm": 1.0,
-        "id": config.loss.id_weight,
-        "mlm": config.loss.mlm_weight,
-        "filip": config.loss.filip_weight,
-    }
-    loss = sum(weights[name] * part for name, part in parts.items())
-    engine.backward(loss)
-    engine.step()
+            parts["filip"] = filip_loss(
+                dual_encoder(ds_engine.module), images, ids.to(target), temperature=config.loss.filip_temperature
+            )
+        weights = {
+            "sdm": 1.0,
+            "id": config.loss.id_weight,
+            "mlm": config.loss.mlm_weight,
+            "filip": config.loss.filip_weight,
+        }
+        loss = sum(weights[name] * part for name, part in parts.items())
+    ds_engine.backward(loss)
+    ds_engine.step()
     if score:
         masker.score(caption_ids, ids, out["score_tokens"], out["image_tokens"])
     # Each part before its weight, logged as loss_<name> when there is more than SDM.
@@ -167,11 +169,14 @@ def train(
     total_steps = sum(epoch_batches) // config.train.grad_accum
 
     model = build_training_model(config, manifest)  # the dual encoder, plus IRRA's heads when their losses are on
+    precision = resolve_precision(config.train.precision)
+    if precision == FP16_REFERENCE:  # before the optimizer takes the parameters: it steps them in fp16
+        cast_like_reference(model)
     ds_config = deepspeed_config(config, world_size=world)
     optimizer = build_optimizer(parameter_groups(model, config.optim), config.optim)  # torch Adam or AdamW
     scheduler = build_scheduler(optimizer, config.optim, epochs=config.train.epochs, total_steps=total_steps)
     per_epoch = stepped_per_epoch(config.optim)  # then the trainer steps it at epoch ends, not DeepSpeed
-    engine, _, _, _ = deepspeed.initialize(
+    ds_engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=None if per_epoch else scheduler, config=ds_config
     )
     noise_table = ShardedNoiseTable(manifest.caption_id_space, config.model.context_length)
@@ -180,7 +185,7 @@ def train(
     state = TrainState(world_size=world, data_workers=stream.splits)
     if resume:
         state = restore(
-            engine,
+            ds_engine,
             resume,
             noise_table,
             stream,
@@ -199,7 +204,6 @@ def train(
         run_dir / "metrics.jsonl", enabled=rank == 0, log_config=config.log, run_config=config_to_dict(config)
     )
     if rank == 0:
-        precision = "bf16" if ds_config["bf16"]["enabled"] else "fp16" if ds_config["fp16"]["enabled"] else "fp32"
         print(
             f"training: {world} rank(s), {epoch_batches[0]} batches/epoch of {config.train.batch_size} per rank "
             f"(global batch {config.train.batch_size * world * config.train.grad_accum}), {total_steps} optimizer "
@@ -210,7 +214,7 @@ def train(
     def checkpoint(tag: str) -> None:
         epoch_schedule = {"epoch_lr_scheduler": scheduler.state_dict()} if per_epoch else {}
         save_checkpoint(
-            engine,
+            ds_engine,
             checkpoint_dir,
             tag=tag,
             train_state=state.as_dict() | epoch_schedule,
@@ -225,7 +229,7 @@ def train(
         for epoch in range(state.epoch, config.train.epochs):
             stream.set_epoch(epoch, position.start())
             stopped = run_epoch(
-                engine,
+                ds_engine,
                 stream,
                 config,
                 masker,
@@ -257,10 +261,11 @@ def train(
             tag = f"epoch{epoch + 1:04d}"
             checkpoint(tag)
             if evaluator and evaluator.due(epoch + 1):
-                evaluate(evaluator, engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
+                with reference_autocast(precision):  # the fp16 weights of fp16_reference take fp16 inputs
+                    evaluate(evaluator, ds_engine, log, checkpoint_dir=checkpoint_dir, epoch=epoch, tag=tag)
         final_dir = run_dir / "final"
         if rank == 0:
-            export_model(dual_encoder(engine.module), final_dir, config.model, config.nam.tap_layer)
+            export_model(dual_encoder(ds_engine.module), final_dir, config.model, config.nam.tap_layer)
         collectives.barrier()
         return final_dir
     finally:
@@ -268,10 +273,10 @@ def train(
 
 
 def evaluate(
-    evaluator: InTrainingEvaluator, engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
+    evaluator: InTrainingEvaluator, ds_engine, log: MetricsLog, *, checkpoint_dir: Path, epoch: int, tag: str
 ) -> None:
     """Scores the configured benchmarks (all ranks extract); rank 0 logs and keeps best.json on validation R1."""
-    for record in evaluator.evaluate(dual_encoder(engine.module), device()):
+    for record in evaluator.evaluate(dual_encoder(ds_engine.module), device()):
         improved = record["selects_best"] and mark_best(checkpoint_dir, tag, record)
         log.write({"epoch": epoch, "tag": tag, **record, "new_best": improved})
         title = f"eval after {epoch + 1} epochs: {record['eval']} {record['split']}"
@@ -283,7 +288,7 @@ def evaluate(
 
 
 def restore(
-    engine,
+    ds_engine,
     path: str | Path,
     noise_table: ShardedNoiseTable,
     stream: CaptionSampleStream,
@@ -295,7 +300,7 @@ def restore(
     worker continues at its saved position; on another layout the rest of the interrupted epoch (the
     captions no rank trained on yet) runs in a new order, and the noise table is re-read for it."""
     tag_dir = resolve_tag_dir(path)
-    restored = load_checkpoint(engine, tag_dir, noise_table)
+    restored = load_checkpoint(ds_engine, tag_dir, noise_table)
     world, rank = collectives.world_size(), collectives.rank()
     old_world, old_workers = restored["world_size"], restored.get("data_workers")
     same_layout = old_world == world and old_workers == stream.splits
@@ -314,7 +319,9 @@ def restore(
     if old_world != world:
         noise_table.refresh(stream.caption_ids(state.epoch))
     if rank == 0:
-        print(f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {engine.global_steps}", flush=True)
+        print(
+            f"resumed from epoch {state.epoch}, batch {state.batches_done}, step {ds_engine.global_steps}", flush=True
+        )
         if not same_layout and restored["batches_done"]:
             print(
                 f"note: the checkpoint was written by {old_world} rank(s) x {old_workers} data worker(s), this run "
@@ -326,7 +333,7 @@ def restore(
 
 
 def run_epoch(
-    engine,
+    ds_engine,
     stream: CaptionSampleStream,
     config: Config,
     masker: TokenMasker,
@@ -355,7 +362,7 @@ def run_epoch(
     def log_window() -> None:
         lr = scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else scheduler.get_lr()[0]
         sums = window.flush(batch_size=config.train.batch_size)
-        record = {"epoch": epoch, "batch": state.batches_done, "step": engine.global_steps, "loss": sums.pop("loss")}
+        record = {"epoch": epoch, "batch": state.batches_done, "step": ds_engine.global_steps, "loss": sums.pop("loss")}
         record |= {"lr": lr, **sums}
         log.write(record)
         progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", samples_s=f"{record['samples_per_s']:.1f}")
@@ -371,7 +378,7 @@ def run_epoch(
             if data_ended:
                 break
             agreed = held.agree(min(block, batches_per_epoch - state.batches_done), before=masker.noise_table.settle)
-            step = engine.global_steps
+            step = ds_engine.global_steps
             if agreed.stop_signals:  # SIGUSR1/SIGTERM on any rank: all stop here, after the same optimizer step
                 checkpoint(f"step{step:08d}")
                 progress.close()
@@ -390,13 +397,13 @@ def run_epoch(
         left -= 1
         index = state.batches_done
         generator = torch.Generator().manual_seed(derived_seed(config.train.seed, epoch, index, rank))
-        result = train_step(engine, batch, config, masker, epoch=epoch, generator=generator)
+        result = train_step(ds_engine, batch, config, masker, epoch=epoch, generator=generator)
         state.batches_done = index + 1
         held.refill()
         window.add(result)
         progress.update(1)
-        boundary = engine.is_gradient_accumulation_boundary() or state.batches_done == batches_per_epoch
-        step = engine.global_steps
+        boundary = ds_engine.is_gradient_accumulation_boundary() or state.batches_done == batches_per_epoch
+        step = ds_engine.global_steps
         if state.batches_done % config.train.log_every_steps == 0 or state.batches_done == batches_per_epoch:
             log_window()
         if boundary and config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0:
