@@ -141,6 +141,7 @@ def build_world(out: Path, size: WorldSize, noises: set[int]) -> None:
     from data.synthetic.targets import write_targets
     from data.synthetic.web import write_web_set
 
+    (out / "world").mkdir(parents=True, exist_ok=True)  # the generators write into existing folders only
     for noise in sorted(noises):
         if not (_noise_dir(out, noise) / "luperson_mllm" / "noise_words.jsonl").is_file():
             generate(
