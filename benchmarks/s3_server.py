@@ -5,6 +5,7 @@ can be stopped and started again on its port; `client_environment` points boto3 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -62,6 +63,7 @@ class S3Server:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
         app = self._counting(DomainDispatcherApplication(create_backend_app))
         self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
