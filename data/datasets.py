@@ -84,6 +84,14 @@ def load_split(dataset: str, root: str | Path, split: str, *, skip_missing: bool
     return _without_images(loaded, set(missing)) if missing else loaded
 
 
+def image_names(dataset: str, annotation_path: Path, splits: tuple[str, ...]) -> list[str]:
+    """The image paths (relative to imgs/) of the entries of `splits` in an annotation file, checked as load_split
+    checks them, without duplicates, in file order: what a copy of the benchmark needs besides the file itself."""
+    layout = _dataset_format(dataset)
+    entries = _read_entries(layout, annotation_path)
+    return list(dict.fromkeys(e[layout.image_path_field] for e in entries if e["split"] in splits))
+
+
 def split_stats(split: RetrievalSplit) -> dict[str, int]:
     """Counts in the form the papers report them: distinct ids, images, captions."""
     return {"ids": len(set(split.image_pids)), "images": len(split.image_paths), "captions": len(split.captions)}

@@ -249,13 +249,15 @@ def out_location(text: str) -> Path | str:
     return text if is_remote(text) else Path(text)
 
 
-def check_remote_out(remote: str, stage: Path | None, *, policy: RetryPolicy) -> None:
-    """An s3:// --out needs a --stage folder; it must not hold another packing's manifest unless --stage resumes one
-    (the store is asked here, so an unreachable one fails before any packing)."""
+def check_remote_out(remote: str, stage: Path | None, *, inputs: list[Path], policy: RetryPolicy) -> None:
+    """An s3:// --out needs a --stage folder, checked as a local --out is; the prefix must not hold another packing's
+    manifest unless --stage resumes one (the store is asked last, so that a mistyped path fails without it, and an
+    unreachable store fails before any packing)."""
     if not remote.startswith("s3://"):
         raise OutputError(f"--out {redact(remote)}: remote outputs are s3:// URLs (http is read-only)")
     if stage is None:
         raise OutputError(f"--out {redact(remote)} needs --stage DIR, the local folder the shards are packed in")
+    check_output_folder(stage, flag="--stage", overwrite=(stage / PLAN).is_file(), protect=list(inputs), tool=TOOL)
     if uploaded_sha256(s3_client(), remote, MANIFEST, policy=policy) is not None and not (stage / PLAN).is_file():
         raise OutputError(f"--out {redact(remote)} already holds a packing (manifest.json); choose another prefix")
 
@@ -305,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     policy = RetryPolicy()
     try:
         if remote is not None:
-            check_remote_out(remote, args.stage, policy=policy)
+            check_remote_out(remote, args.stage, inputs=[args.images, *args.captions], policy=policy)
+        else:
+            check_out(args.out, inputs=[args.images, *args.captions])
         local = args.stage if remote is not None else args.out
-        check_out(local, inputs=[args.images, *args.captions])
         shard_bytes = parse_size(args.shard_size) if args.shard_size else None
         manifest = pack(
             args.images,

@@ -1,14 +1,15 @@
 """Pack a benchmark's train split into training shards with the benchmark's pids, for fine-tuning.
 
-    python -m data.pack_dataset --dataset cuhk-pedes --root DIR --out DIR [--split train] [--skip-missing] \
-        [--order-seed 0]
+    python -m data.pack_dataset --dataset cuhk-pedes --root DIR --out DIR|s3://BUCKET/PREFIX [--stage DIR] \
+        [--split train] [--skip-missing] [--order-seed 0]
 
 The shards have the layout `data.pack` writes for LUPerson-MLLM, so training reads them unchanged; the
 difference is that several images share an identity, so SDM's positives are the benchmark's pids. The pids are
 stored as contiguous labels 0..K-1 (the k-th smallest benchmark pid becomes k) and the manifest records
 `num_identities` K, the classes of IRRA's identity loss (`loss.id_weight`). As `data.pack` does, the images go into
 the shards in a seeded random permutation (annotation files list an identity's images together), recorded in the
-manifest's `image_order`."""
+manifest's `image_order`. With `--out s3://bucket/prefix` the shards are packed into the local folder `--stage` and
+uploaded as `data.pack` uploads them (docs/data.md, "Remote shards")."""
 
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from data.caption_files import CaptionError
 from data.cli_errors import error_boundary, positive_int
-from data.datasets import DATASETS, DatasetError, load_split
+from data.datasets import DATASETS, load_split
+from data.object_store import RetryPolicy, redact
 from data.order import image_permutation, order_record
 from data.outputs import output_argument
-from data.pack import ImageItem, check_out, write_shards
+from data.pack import ImageItem, check_out, check_remote_out, out_location, publish, write_shards
 
 
 def pack_dataset(
@@ -63,31 +64,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
     output_argument(
-        parser, "--out", kind="folder", required=True,
-        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume",
+        parser, "--out", kind="folder", required=True, type=out_location,
+        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume; or "
+        "s3://BUCKET/PREFIX (with --stage)",
+    )  # fmt: skip
+    output_argument(
+        parser, "--stage", kind="folder", default=None,
+        help="with an s3:// --out: the local folder the shards are packed in before they are uploaded (kept, so "
+        "that the same command resumes an interrupted packing or upload)",
     )  # fmt: skip
     parser.add_argument("--split", default="train")
     parser.add_argument("--images-per-shard", type=positive_int, default=1000)
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")
     parser.add_argument("--order-seed", type=int, default=0, help="seed of the random image order in the shards")
     args = parser.parse_args(argv)
+    remote = args.out if isinstance(args.out, str) else None
+    policy = RetryPolicy()
     try:
-        check_out(args.out, inputs=[Path(args.root) / "imgs"])
+        inputs = [Path(args.root) / "imgs"]
+        if remote is not None:
+            check_remote_out(remote, args.stage, inputs=inputs, policy=policy)
+        else:
+            check_out(args.out, inputs=inputs)
+        local = args.stage if remote is not None else args.out
         manifest = pack_dataset(
             args.dataset,
             args.root,
-            args.out,
+            local,
             split=args.split,
             images_per_shard=args.images_per_shard,
             skip_missing=args.skip_missing,
             order_seed=args.order_seed,
         )
-    except (DatasetError, CaptionError) as error:  # CaptionError: --out holds a packing of other inputs
+        if remote is not None:
+            sent = publish(local, remote, manifest, policy=policy)
+            print(f"uploaded {sent} file(s) to {redact(remote)}, manifest.json last", flush=True)
+    except ValueError as error:  # DatasetError, OutputError, RemoteUnavailable; CaptionError: another packing in --out
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
         f"packed {manifest['num_images']} images of {manifest['identities']} identities, {manifest['num_captions']} "
-        f"captions into {len(manifest['shards'])} shards in {args.out} ({manifest['missing_images']} missing images skipped)"
+        f"captions into {len(manifest['shards'])} shards in {redact(remote) if remote else args.out} ({manifest['missing_images']} missing images skipped)"
     )
     return 0
 

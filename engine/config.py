@@ -257,6 +257,7 @@ class EvalConfig:
     """Direct-transfer evaluation during pretraining: every benchmark whose root is set is scored."""
 
     every_epochs: int = 1  # evaluate after every N epochs; 0 = never during training
+    # Each root may also be the URL of such a folder (s3://, http(s)://): fetched into RUN_DIR/eval_cache/<benchmark>.
     cuhk_pedes: str | None = None  # folder with reid_raw.json and imgs/
     icfg_pedes: str | None = None  # folder with ICFG-PEDES.json and imgs/ (no val split: test only)
     rstpreid: str | None = None  # folder with data_captions.json and imgs/

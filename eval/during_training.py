@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from data.datasets import DATASETS, DatasetError, RetrievalSplit, load_split
+from data.object_store import is_remote
+from data.remote_datasets import local_root
 from engine.config import EvalConfig
 from engine.model import CLIPDualEncoder
 from engine.runtime import collectives
@@ -21,17 +23,18 @@ SELECTION_METRIC = "R1"
 class TrainingEvaluator:
     """Holds the configured benchmarks' splits; `evaluate` is collective (every rank calls it)."""
 
-    def __init__(self, config: EvalConfig, *, interpolation: str = "bilinear") -> None:
+    def __init__(self, config: EvalConfig, *, interpolation: str = "bilinear", cache: Path | None = None) -> None:
+        """`cache`: the folder under which a benchmark root given as a URL is fetched (into cache/<benchmark>)."""
         self.config = config
         self.interpolation = interpolation  # data.augment.interpolation: evaluation resizes as training does
         self.splits: list[RetrievalSplit] = []
         for name, root in config.roots.items():
-            if not Path(root).is_dir():
+            if not is_remote(root) and not Path(root).is_dir():
                 self._warn(f"eval.{name.replace('-', '_')} root {root} does not exist: {name} is not evaluated")
                 continue
-            for split in ("val", "test"):
-                if split in DATASETS[name].splits:
-                    self.splits.append(self._load(name, root, split))
+            splits = tuple(split for split in ("val", "test") if split in DATASETS[name].splits)
+            local = self._fetch(name, root, splits, cache)
+            self.splits += [self._load(name, local, split) for split in splits]
         # The first benchmark with a validation split picks the best checkpoint.
         self.selection = next((s for s in self.splits if s.split == "val"), None)
         if self.splits and self.selection is None:
@@ -57,7 +60,14 @@ class TrainingEvaluator:
         return records
 
     @staticmethod
-    def _load(name: str, root: str, split: str) -> RetrievalSplit:
+    def _fetch(name: str, root: str, splits: tuple[str, ...], cache: Path | None) -> Path:
+        try:
+            return local_root(name, root, cache=cache / name if cache else None, splits=splits)
+        except DatasetError as error:
+            raise DatasetError(f"eval.{name.replace('-', '_')}: {error}") from None
+
+    @staticmethod
+    def _load(name: str, root: str | Path, split: str) -> RetrievalSplit:
         try:
             return load_split(name, root, split)
         except DatasetError as error:

@@ -4,6 +4,7 @@ split of a dataset.
 python -m eval run --checkpoint RUN_DIR|CHECKPOINT_DIR|WEIGHTS_FILE --dataset cuhk-pedes --root DIR [--split test]
     [--out results.json] [--save-rankings rankings.json [--top-k 10]] [--html DIR [--html-queries 20]]
 python -m eval run --config configs/X.yaml --dataset ...   # the model as the config builds it, untrained
+python -m eval run ... --root s3://BUCKET/PREFIX --cache DIR  # a benchmark folder in object storage, fetched to DIR
 (`run` may be left out: a command line that starts with an option is a `run`.)
 """
 
@@ -20,6 +21,7 @@ import torch.distributed as dist
 
 from data.cli_errors import error_boundary, non_negative_int, positive_int
 from data.datasets import DatasetError, load_split
+from data.object_store import is_remote
 from data.outputs import (
     OutputError,
     atomic_folder,
@@ -28,6 +30,7 @@ from data.outputs import (
     output_argument,
     write_text_atomically,
 )
+from data.remote_datasets import local_root
 from engine.config import ConfigError, load_config
 from engine.model import build_model
 from engine.runtime import collectives
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    inputs = [Path(path) for path in (args.config, args.root) if path]
+    inputs = [Path(path) for path in (args.config, args.cache if is_remote(args.root) else args.root) if path]
     if args.checkpoint:  # the checkpoint read; results may go beside it in the run folder
         try:
             inputs.append(resolve_tag_dir(args.checkpoint))
@@ -125,7 +128,8 @@ def evaluate(args: argparse.Namespace) -> int:
         return fail(ValueError(f"--top-k and --html-queries must be >= 1 (got {args.top_k}, {args.html_queries})"))
     try:
         check_outputs(args)  # before any work: a mistyped path fails now, not after scoring
-        split = load_split(args.dataset, args.root, args.split, skip_missing=args.skip_missing)
+        root = local_root(args.dataset, args.root, cache=args.cache, splits=(args.split,))
+        split = load_split(args.dataset, root, args.split, skip_missing=args.skip_missing)
         split, _ = drop_undecodable(split, skip=args.skip_missing)
         model, source, interpolation = build(args)
     except (DatasetError, CheckpointError, ConfigError) as error:

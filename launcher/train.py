@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         from eval.during_training import TrainingEvaluator
 
         interpolation = config.data.augment.interpolation  # evaluation resizes as training does
-        final = train(config, resume=resume, make_evaluator=partial(TrainingEvaluator, interpolation=interpolation))
+        eval_cache = Path(config.train.run_dir) / "eval_cache"  # benchmark roots given as URLs are fetched here
+        final = train(
+            config, resume=resume,
+            make_evaluator=partial(TrainingEvaluator, interpolation=interpolation, cache=eval_cache),
+        )  # fmt: skip
         clean = True
     except USER_ERRORS as error:  # every rank ran the same checks: rank 0 says it once
         if rank0:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import S3Server, caption_files, s3_environment, write_caption_set
+from benchmarks.s3_server import S3Server
+from tests.helpers import caption_files, s3_environment, write_caption_set
 
 
 @pytest.fixture

@@ -1,8 +1,7 @@
 """Helpers shared by the test modules: the tiny model and training config, a tiny hand-made caption set,
 fake copies of the three dataset annotation formats, a data stream over packed shards, free ports,
-`run_on_ranks` for functions on several real gloo processes, and `S3Server`, a real S3-compatible server (moto's) on
-127.0.0.1 that counts the requests it serves and can be stopped and started again on its port. Fixtures live in conftest.py; no test module
-imports another."""
+`run_on_ranks` for functions on several real gloo processes, and the environment of a client of the test S3 server
+(benchmarks/s3_server.py). Fixtures live in conftest.py; no test module imports another."""
 
 from __future__ import annotations
 
@@ -13,8 +12,6 @@ import json
 import random
 import sys
 import threading
-import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +21,10 @@ from PIL import Image
 
 from benchmarks.gloo_ranks import run_on_ranks as run_on_ranks  # the multi-rank tests take it from here
 from benchmarks.reference_step import ReferenceSizes
+from benchmarks.s3_server import client_environment
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
 from engine.config import AugmentConfig, ModelConfig
-from engine.runtime.collectives import free_port
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,98 +310,14 @@ def build_cli_inputs(root: Path) -> dict[str, Path]:
             "export": root / "export", "run": root / "run", "cuhk": root / "synthetic" / "cuhk_pedes"}  # fmt: skip
 
 
-# The S3 tests: moto's standalone server, the real HTTP path of boto3 and of mosaicml-streaming's downloader.
+# The S3 tests: moto's standalone server (benchmarks/s3_server.py), the real HTTP path of boto3 and of
+# mosaicml-streaming's downloader.
 S3_SECRET = "Zq9-distinctive-test-secret-4f1c"  # must appear in no output, log or file of a run
-S3_SERVER_MAX_REQUESTS = 20_000  # a runaway client gets 503s past this many requests
-S3_SERVER_LIFETIME_S = 900.0  # and the server stops by itself after this long
-
-
-class S3Server:
-    """moto's S3 on 127.0.0.1:port, started by the test suite. `gets` counts GET requests per path (HEAD and PUT are
-    not GETs); `stop` closes the listening socket, so clients are refused as by a server that went away, and `start`
-    serves again on the same port with the same objects (moto keeps them in this process)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.gets: Counter[str] = Counter()
-        self.puts: list[str] = []  # paths in the order they were written
-        self.requests = 0
-        self.stop_after: int | None = None  # go away after this many more GETs (`outage`)
-        self.down_for: float | None = None
-        self._lock = threading.Lock()
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._deadline = time.monotonic() + S3_SERVER_LIFETIME_S
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _counting(self, app):
-        def counted(environ, start_response):
-            with self._lock:
-                self.requests += 1
-                over = self.requests > S3_SERVER_MAX_REQUESTS or time.monotonic() > self._deadline
-                if environ["REQUEST_METHOD"] == "GET":
-                    self.gets[environ.get("PATH_INFO", "")] += 1
-                    if self.stop_after is not None:
-                        self.stop_after -= 1
-                        if self.stop_after == 0:  # this GET is answered; the server goes away right after
-                            threading.Thread(target=self._go_away, args=(self.down_for,)).start()
-                if environ["REQUEST_METHOD"] == "PUT":
-                    self.puts.append(environ.get("PATH_INFO", ""))
-            if over:
-                start_response("503 Service Unavailable", [("Content-Length", "0")])
-                return [b""]
-            return app(environ, start_response)
-
-        return counted
-
-    def start(self) -> None:
-        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-        from werkzeug.serving import make_server
-
-        app = self._counting(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server("127.0.0.1", self.port, app, threaded=True, request_handler=MotoRequestHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._lock:
-            server, self._server, self.stop_after = self._server, None, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def outage(self, *, after_gets: int, down_for: float | None = None) -> None:
-        """After `after_gets` more GETs the server stops; it serves again `down_for` seconds later (None: never)."""
-        self.stop_after, self.down_for = after_gets, down_for
-
-    def _go_away(self, down_for: float | None) -> None:
-        self.stop()
-        if down_for is not None:
-            time.sleep(down_for)
-            self.start()
-
-    def gets_under(self, prefix: str) -> Counter[str]:
-        """GET counts of the objects whose path starts with /bucket/prefix, by path below it."""
-        with self._lock:
-            return Counter({p[len(prefix) :]: n for p, n in self.gets.items() if p.startswith(prefix)})
 
 
 def s3_environment(endpoint: str, home: Path) -> dict[str, str]:
-    """The environment of a client of the test server: its endpoint, test credentials with S3_SECRET, no AWS files
-    of the machine, and no hidden botocore retries (the retry policy under test is ours)."""
-    return {
-        "S3_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing-access-key",
-        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_MAX_ATTEMPTS": "1",
-    }
+    """The environment of a client of the test server, with S3_SECRET as its secret key."""
+    return client_environment(endpoint, home, secret=S3_SECRET)
 
 
 def files_containing(root: Path, text: str) -> list[str]:

@@ -139,8 +139,15 @@ def commands(world: dict[str, Path]) -> dict[str, Command]:
             input=raw / "imgs" / "00000.jpg",
         ),
         "data.captioning.tiny_model": Command([]),
-        "data.pack": Command(["--images", raw / "imgs", "--captions", *caption_files(raw)], input_folder=raw / "imgs"),
-        "data.pack_dataset": Command(["--dataset", "cuhk-pedes", "--root", world["cuhk"]], input_folder=world["cuhk"]),
+        # --out s3://... makes --stage the output; the store is asked only after --stage passed (none runs here).
+        "data.pack": Command(
+            ["--images", raw / "imgs", "--captions", *caption_files(raw), "--out", "s3://no-store/shards"],
+            input_folder=raw / "imgs",
+        ),
+        "data.pack_dataset": Command(
+            ["--dataset", "cuhk-pedes", "--root", world["cuhk"], "--out", "s3://no-store/shards"],
+            input_folder=world["cuhk"],
+        ),
         "data.synthetic.cli": Command([]),
         "data.synthetic.targets": Command([]),
         "data.synthetic.web": Command([]),
