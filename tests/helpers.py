@@ -25,6 +25,7 @@ from benchmarks.s3_server import client_environment
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
 from engine.config import AugmentConfig, ModelConfig
+from engine.runtime.collectives import free_port as free_port  # the multi-rank tests take it from here
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
 
 REPO = Path(__file__).resolve().parents[1]
