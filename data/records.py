@@ -232,8 +232,8 @@ class MDSShards:
 
     def read(self, name: str, expected_sha256: str | None = None) -> Iterator[RawRecord | ShardProblem]:
         readers = self._partitions().get(name)
-        if not readers or not self._fetched(name, readers):
-            yield ShardProblem("missing_shard", name)
+        if not readers or not self._fetched(name, readers) or not (self.local / name).is_dir():
+            yield ShardProblem("missing_shard", name)  # the merged index may still list a partition that is gone
             return
         changed = self._changed_since_packed(name, expected_sha256)
         for reader in readers:

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from data.caption_stream import PROBLEMS, make_loader
+from data.outputs import sha256_of
 from data.pack import pack
 from data.position import DataPosition
 from data.records import MDSShards, PackedRecord, merge_mds_index, read_wds_shard, write_shard
@@ -84,7 +85,21 @@ def damaged_shards(tmp_path: Path, fmt: str) -> tuple[Path, dict[str, int]]:
         mds = next((out / truncated).glob("*.mds"))
         mds.write_bytes(mds.read_bytes()[: mds.stat().st_size // 2])
     expected["missing_shard"] = expected["truncated_shard"] = 1
+    record_checksums(out, [shard["name"] for shard in manifest["shards"][:8]])
     return out, expected
+
+
+def record_checksums(out: Path, names: list[str]) -> None:
+    """The manifest describes the rewritten shards as packed: their damage is in the records (as when the source
+    images were damaged before packing), not in bytes changed after packing, which would count as changed_shard."""
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for shard in manifest["shards"]:
+        if shard["name"] in names:
+            files = [out / shard["name"]] if (out / shard["name"]).is_file() else list((out / shard["name"]).rglob("*"))
+            shard["sha256"] = sha256_of(out / shard["name"])
+            shard["bytes"] = sum(f.stat().st_size for f in files if f.is_file())
+    path.write_text(json.dumps(manifest))
 
 
 @pytest.mark.slow
