@@ -27,6 +27,7 @@ eval_targets() {  # eval_targets NAME MODEL_ARGS...: R1 / mAP on the test split 
 }
 
 echo "== 1/7 synthetic data: the web corpus, the LUPerson-MLLM-like set (15% wrong words) and three target sets"
+mkdir -p "$DATA"
 $PY -m data.synthetic.web --out "$DATA/web" --seed 0 --images "${DEMO_WEB_IMAGES:-2000}" --overwrite
 $PY -m data.synthetic --out "$DATA" --seed 0 --train-images "${DEMO_TRAIN_IMAGES:-1200}" --test-identities 100 \
   --images-per-test-identity 3 --overwrite --no-progress
