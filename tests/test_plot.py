@@ -48,6 +48,9 @@ def test_plot_writes_one_png_with_the_later_record_of_a_retrained_step(tmp_path)
     assert result.stdout.strip() == f"wrote {png}"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
+    result = plot(str(run_dir), "--out", str(tmp_path / "elsewhere" / "c.png"))  # a folder that does not exist
+    assert result.returncode == 2 and "its folder" in result.stderr and not (tmp_path / "elsewhere").exists()
+    (tmp_path / "elsewhere").mkdir()
     result = plot(str(run_dir), "--out", str(tmp_path / "elsewhere" / "c.png"))
     assert result.returncode == 0 and (tmp_path / "elsewhere" / "c.png").is_file()
 
