@@ -270,11 +270,8 @@ def publish(local: Path, remote: str, manifest: dict, *, policy: RetryPolicy) ->
     return upload_folder(local, remote, [*names, MANIFEST], policy=policy)
 
 
-@error_boundary
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.pack", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, required=True, help="folder of images")
-    parser.add_argument("--captions", type=Path, nargs="+", required=True, help="caption JSON files")
+def add_shard_outputs(parser: argparse.ArgumentParser) -> None:
+    """--out (a folder or s3://BUCKET/PREFIX) and --stage, as data.pack and data.pack_dataset take them."""
     output_argument(
         parser, "--out", kind="folder", required=True, type=out_location,
         help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume; or "
@@ -285,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with an s3:// --out: the local folder the shards are packed in before they are uploaded (kept, so "
         "that the same command resumes an interrupted packing or upload)",
     )  # fmt: skip
+
+
+@error_boundary
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data.pack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=Path, required=True, help="folder of images")
+    parser.add_argument("--captions", type=Path, nargs="+", required=True, help="caption JSON files")
+    add_shard_outputs(parser)
     parser.add_argument("--format", choices=FORMATS, default="wds", help="webdataset tar or mosaicml-streaming MDS")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--shard-size", default=None, help="target shard size, e.g. 256MB (the default)")

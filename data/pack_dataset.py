@@ -21,8 +21,7 @@ from data.cli_errors import error_boundary, positive_int
 from data.datasets import DATASETS, load_split
 from data.object_store import RetryPolicy, redact
 from data.order import image_permutation, order_record
-from data.outputs import output_argument
-from data.pack import ImageItem, check_out, check_remote_out, out_location, publish, write_shards
+from data.pack import ImageItem, add_shard_outputs, check_out, check_remote_out, publish, write_shards
 
 
 def pack_dataset(
@@ -63,16 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.pack_dataset", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     parser.add_argument("--root", required=True, help="folder holding the annotation file and imgs/")
-    output_argument(
-        parser, "--out", kind="folder", required=True, type=out_location,
-        help="output folder for shards and manifest.json: new, empty, or an interrupted packing to resume; or "
-        "s3://BUCKET/PREFIX (with --stage)",
-    )  # fmt: skip
-    output_argument(
-        parser, "--stage", kind="folder", default=None,
-        help="with an s3:// --out: the local folder the shards are packed in before they are uploaded (kept, so "
-        "that the same command resumes an interrupted packing or upload)",
-    )  # fmt: skip
+    add_shard_outputs(parser)
     parser.add_argument("--split", default="train")
     parser.add_argument("--images-per-shard", type=positive_int, default=1000)
     parser.add_argument("--skip-missing", action="store_true", help="drop images missing on disk, and count them")

@@ -230,18 +230,24 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def searcher_from_args(args: argparse.Namespace, *, in_memory: bool = False) -> GallerySearcher:
+    """The searcher of `add_search_arguments`' options (search and serve)."""
+    return GallerySearcher(
+        args.index,
+        checkpoint=args.checkpoint,
+        approximate=args.approximate,
+        probes=args.probes,
+        memory_budget=args.memory_budget_mb << 20,
+        in_memory=in_memory,
+    )
+
+
 @error_boundary
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         check_query(args.query)
-        searcher = GallerySearcher(
-            args.index,
-            checkpoint=args.checkpoint,
-            approximate=args.approximate,
-            probes=args.probes,
-            memory_budget=args.memory_budget_mb << 20,
-        )
+        searcher = searcher_from_args(args)
         result = searcher.search(args.query, args.top)
     except (GalleryIndexError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)

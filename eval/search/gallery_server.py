@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from data.cli_errors import error_boundary, port_number
 from engine.runtime.checkpoint import CheckpointError
 from eval.search.gallery_index import GalleryIndexError
-from eval.search.gallery_search import GallerySearcher, add_search_arguments
+from eval.search.gallery_search import GallerySearcher, add_search_arguments, searcher_from_args
 
 PAGE = Path(__file__).with_name("static") / "gallery_search.html"
 MAX_TOP = 100
@@ -113,14 +113,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        searcher = GallerySearcher(
-            args.index,
-            checkpoint=args.checkpoint,
-            approximate=args.approximate,
-            probes=args.probes,
-            memory_budget=args.memory_budget_mb << 20,
-            in_memory=True,
-        )
+        searcher = searcher_from_args(args, in_memory=True)
     except (GalleryIndexError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
