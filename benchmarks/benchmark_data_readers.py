@@ -23,6 +23,7 @@ from torch.utils.data import default_collate
 from data.caption_stream import CaptionSampleStream, make_loader
 from data.cli_errors import error_boundary
 from data.manifest import Manifest
+from data.object_store import RetryPolicy
 from data.pack import pack
 from data.synthetic import generate
 from data.tokenizer import CaptionTokenizer
@@ -48,9 +49,14 @@ def folder_and_json(raw: Path, image_size: tuple[int, int]) -> float:
     return len(samples) / (time.perf_counter() - started)
 
 
-def shards(folder: Path, image_size: tuple[int, int]) -> float:
+def shards(
+    folder: Path, image_size: tuple[int, int], *, remote: str | None = None, policy: RetryPolicy | None = None
+) -> float:
+    """Samples/s of one pass over the shards by one worker, the manifest's reading included; with `remote`,
+    `folder` is its local cache (benchmarks/benchmark_remote_shards.py)."""
+    started = time.perf_counter()
     data = CaptionSampleStream(
-        Manifest.load(folder),
+        Manifest.load(folder, remote=remote, policy=policy),
         rank=0,
         world_size=1,
         num_workers=0,
@@ -60,10 +66,11 @@ def shards(folder: Path, image_size: tuple[int, int]) -> float:
         context_length=77,
         seed=0,
         shuffle_buffer=256,
+        remote=remote,
+        fetch_policy=policy,
     )
-    loader = make_loader(data, num_workers=0)
-    started, samples = time.perf_counter(), 0
-    for item in loader:
+    samples = 0
+    for item in make_loader(data, num_workers=0):
         samples += 0 if item.get("tail") else len(item["caption_id"])
     return samples / (time.perf_counter() - started)
 

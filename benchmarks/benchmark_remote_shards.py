@@ -16,48 +16,25 @@ import contextlib
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from benchmarks.benchmark_data_readers import shards
 from benchmarks.s3_server import S3Server, client_environment
-from data.caption_stream import CaptionSampleStream, make_loader
 from data.cli_errors import error_boundary
-from data.manifest import Manifest
 from data.object_store import RetryPolicy, s3_client
 from data.pack import pack, publish
 from data.synthetic import generate
-from engine.config import AugmentConfig
 
 SOURCES = ("Ts-qwen", "Ts-shikra", "Td-qwen", "Td-shikra")
-BATCH = 16
 BUCKET = "shards"
 POLICY = RetryPolicy(attempts=3, first_wait_s=0.5, timeout_s=60.0)  # a local server: a failure is a bug, not a wait
 
 
 def samples_per_s(folder: Path, image_size: tuple[int, int], *, remote: str | None = None) -> float:
-    """One pass over the shards (with `remote`, `folder` is its cache); the manifest fetch is timed too."""
-    started = time.perf_counter()
-    data = CaptionSampleStream(
-        Manifest.load(folder, remote=remote, policy=POLICY),
-        rank=0,
-        world_size=1,
-        num_workers=0,
-        batch_size=BATCH,
-        image_size=image_size,
-        augment=AugmentConfig(),
-        context_length=77,
-        seed=0,
-        shuffle_buffer=256,
-        remote=remote,
-        fetch_policy=POLICY,
-    )
-    samples = 0
-    for item in make_loader(data, num_workers=0):
-        samples += 0 if item.get("tail") else len(item["caption_id"])
-    return samples / (time.perf_counter() - started)
+    return shards(folder, image_size, remote=remote, policy=POLICY)
 
 
 @contextlib.contextmanager

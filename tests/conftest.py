@@ -53,3 +53,27 @@ def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cuhk_root(tmp_path: Path) -> Path:
+    """A small synthetic CUHK-PEDES-style benchmark: 6 test identities x 2 images."""
+    from data.synthetic import generate
+
+    generate(
+        tmp_path / "synthetic", seed=1, train_images=4, test_identities=6, images_per_test_identity=2, progress=False
+    )
+    return tmp_path / "synthetic" / "cuhk_pedes"
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> Path:
+    """A tiny random model exported as training exports it."""
+    from engine.model import build_model
+    from engine.runtime.checkpoint import export_model
+    from tests.helpers import tiny_model_config
+
+    torch.manual_seed(0)
+    model = build_model(tiny_model_config(image_size=(64, 32), context_length=48), tap_layer=1)
+    export_model(model, tmp_path / "export", model.cfg, tap_layer=1)
+    return tmp_path / "export"

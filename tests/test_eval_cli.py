@@ -10,29 +10,11 @@ import torch
 
 from data.datasets import load_split
 from engine.model import build_model
-from engine.runtime.checkpoint import CheckpointError, export_model, load_exported_model
+from engine.runtime.checkpoint import CheckpointError, load_exported_model
 from eval.__main__ import main as eval_main
 from eval.encode import encode_split
 from eval.report import top_k_rankings
 from tests.helpers import tiny_model_config
-
-
-@pytest.fixture
-def cuhk_root(tmp_path: Path) -> Path:
-    from data.synthetic import generate
-
-    generate(
-        tmp_path / "synthetic", seed=1, train_images=4, test_identities=6, images_per_test_identity=2, progress=False
-    )
-    return tmp_path / "synthetic" / "cuhk_pedes"
-
-
-@pytest.fixture
-def exported(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = build_model(tiny_model_config(image_size=(64, 32), context_length=48), tap_layer=1)
-    export_model(model, tmp_path / "export", model.cfg, tap_layer=1)
-    return tmp_path / "export"
 
 
 def test_exported_model_round_trips(exported: Path):

@@ -7,38 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 from data.manifest import Manifest
 from data.object_store import RetryPolicy, s3_client, upload_folder
 from data.pack_dataset import main as pack_dataset_main
 from data.remote_datasets import MIRROR_FILE
-from engine.model import build_model
-from engine.runtime.checkpoint import export_model
 from eval.__main__ import main as eval_main
-from tests.helpers import S3_SECRET, assert_refused, files_containing, http_folder_server, run, tiny_model_config
+from tests.helpers import S3_SECRET, assert_refused, files_containing, http_folder_server, run
 
 REMOTE = "s3://shards/cuhk_pedes"
 FAST = ["--batch-size", "8"]
-
-
-@pytest.fixture
-def cuhk_root(tmp_path: Path) -> Path:
-    from data.synthetic import generate
-
-    generate(
-        tmp_path / "synthetic", seed=1, train_images=4, test_identities=6, images_per_test_identity=2, progress=False
-    )
-    return tmp_path / "synthetic" / "cuhk_pedes"
-
-
-@pytest.fixture
-def exported(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = build_model(tiny_model_config(image_size=(64, 32), context_length=48), tap_layer=1)
-    export_model(model, tmp_path / "export", model.cfg, tap_layer=1)
-    return tmp_path / "export"
 
 
 def upload_benchmark(root: Path, remote: str = REMOTE) -> list[str]:
