@@ -292,3 +292,15 @@ def test_two_ranks_write_the_same_index_as_one(gallery, tmp_path: Path, capsys):
     assert split.paths == single.paths and len(split.paths) == 9 and split.unreadable == single.unreadable
     assert list(split.unreadable) == ["a/broken.jpg"]
     torch.testing.assert_close(split.features, single.features, rtol=0, atol=1e-3)  # fp16 storage
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_an_empty_description_is_refused_before_any_search(gallery, tmp_path: Path, capsys, query: str):
+    model, images, _ = gallery
+    out = tmp_path / "gallery.safetensors"
+    run_cli(capsys, "index", "--checkpoint", model, "--images", images, "--out", out)
+    status, printed, errors = run_cli(capsys, "search", "--index", out, query)
+    assert status == 2 and printed == "" and errors.strip().count("\n") == 0
+    assert "the description (QUERY) is empty" in errors
+    with pytest.raises(Exception, match="is empty"):
+        GallerySearcher(out).search(query)

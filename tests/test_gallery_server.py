@@ -150,3 +150,6 @@ def test_path_traversal_is_refused(served):
         assert get(attempt)[0] == 404, attempt
     status, body = get("/search?q=" + quote("a man") + "&top=3")
     assert status == 200 and len(json.loads(body)["results"]) == 3
+    for empty in ("", quote("   "), quote("\t\n")):  # an empty or whitespace-only description ranks nothing
+        status, body = get(f"/search?q={empty}&top=3")
+        assert status == 400 and "give q" in json.loads(body)["error"], empty
