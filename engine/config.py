@@ -318,12 +318,17 @@ class Config:
                 f"train.precision=fp16_reference needs optim.eps >= 1e-3, the reference's Adam eps for its fp16 moments "
                 f"(got {self.optim.eps:g}); set optim.eps=1e-3"
             )
-        mlm_heads = max(1, self.model.embed_dim // 64)  # IRRA: one head per 64 channels
-        if self.loss.mlm_weight > 0 and self.model.embed_dim % mlm_heads:
+        heads = mlm_heads(self.model.embed_dim)
+        if self.loss.mlm_weight > 0 and self.model.embed_dim % heads:
             raise ConfigError(
-                f"model.embed_dim {self.model.embed_dim} must be divisible by the MLM encoder's {mlm_heads} heads "
+                f"model.embed_dim {self.model.embed_dim} must be divisible by the MLM encoder's {heads} heads "
                 "(embed_dim // 64) when loss.mlm_weight > 0"
             )
+
+
+def mlm_heads(width: int) -> int:
+    """IRRA's head count for the cross-modal encoder: one per 64 channels (8 at width 512), at least one."""
+    return max(1, width // 64)
 
 
 FLOAT_LITERAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")

@@ -17,17 +17,14 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from engine.config import mlm_heads
+
 
 class QuickGELU(nn.Module):
     """CLIP's GELU approximation x * sigmoid(1.702 x)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-def mlm_heads(width: int) -> int:
-    """IRRA's head count for the cross-modal encoder: one per 64 channels (8 at width 512), at least one."""
-    return max(1, width // 64)
 
 
 class IdentityClassifier(nn.Module):
@@ -116,4 +113,4 @@ class CrossModalMLM(nn.Module):
         return self.head(hidden)
 
 
-__all__ = ["CrossModalMLM", "IdentityClassifier", "QuickGELU", "mlm_heads"]
+__all__ = ["CrossModalMLM", "IdentityClassifier", "QuickGELU"]
