@@ -43,7 +43,13 @@ def imported_top_level_modules() -> dict[str, str]:
 
 # Modules of the extras (imported only where they are used): an environment without them, such as the floor's, is
 # complete; an extra's module that is installed must still come from its declared distribution.
-EXTRA_MODULES = {"wandb": ("wandb", "wandb"), "faiss": ("faiss", "faiss-cpu"), "boto3": ("s3", "boto3")}
+EXTRA_MODULES = {
+    "wandb": ("wandb", "wandb"),
+    "faiss": ("faiss", "faiss-cpu"),
+    "boto3": ("s3", "boto3"),
+    "moto": ("dev", "moto"),  # the tests' S3 server (benchmarks/s3_server.py imports it when it starts)
+    "werkzeug": ("dev", "werkzeug"),
+}
 
 
 def extras() -> dict[str, set[str]]:
