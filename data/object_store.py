@@ -196,7 +196,9 @@ def s3_client():
     require_boto3("s3://")
     import boto3
 
-    return boto3.session.Session().client("s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None)
+    return boto3.client(
+        "s3", endpoint_url=os.environ.get("S3_ENDPOINT_URL") or None
+    )  # one per call, no threads share it
 
 
 def uploaded_sha256(client, remote: str, name: str, *, policy: RetryPolicy) -> str | None:

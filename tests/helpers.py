@@ -24,6 +24,7 @@ from benchmarks.reference_step import ReferenceSizes
 from benchmarks.s3_server import client_environment
 from data.caption_stream import CaptionSampleStream
 from data.manifest import Manifest
+from data.object_store import RetryPolicy
 from engine.config import AugmentConfig, ModelConfig
 from engine.runtime.collectives import free_port as free_port  # the multi-rank tests take it from here
 from kernels.token_patch_max_cosine_triton import BLOCK_D, BLOCK_M, BLOCK_N_MAX
@@ -99,9 +100,13 @@ def stream(
     batch: int = 5,
     sampling: str = "every_caption",
     remote: str | None = None,
+    policy: RetryPolicy | None = None,
+    shuffle_buffer: int = 64,
+    interleave: int = 4,
 ) -> CaptionSampleStream:
+    """A tiny stream over `shards` (with `remote`, `shards` is its local cache, fetched under `policy`)."""
     result = CaptionSampleStream(
-        Manifest.load(shards, remote=remote),
+        Manifest.load(shards, remote=remote, policy=policy),
         rank=rank,
         world_size=world,
         num_workers=workers,
@@ -110,9 +115,11 @@ def stream(
         augment=AugmentConfig(),
         context_length=16,
         seed=0,
-        shuffle_buffer=64,
+        shuffle_buffer=shuffle_buffer,
         sampling=sampling,
         remote=remote,
+        fetch_policy=policy,
+        interleave_shards=interleave,
     )
     result.set_epoch(epoch)
     return result

@@ -13,11 +13,18 @@ from pathlib import Path
 import pytest
 
 from data.caption_stream import PROBLEMS, CaptionSampleStream, make_loader
-from data.manifest import Manifest
 from data.object_store import RetryPolicy, ShardCache, s3_client
 from data.pack import main as pack_main
-from engine.config import AugmentConfig
-from tests.helpers import REPO, S3_SECRET, TINY, caption_files, files_containing, http_folder_server, run_on_ranks
+from tests.helpers import (
+    REPO,
+    S3_SECRET,
+    TINY,
+    caption_files,
+    files_containing,
+    http_folder_server,
+    run_on_ranks,
+    stream,
+)
 
 REMOTE = "s3://shards/luperson"
 FAST_RETRY = RetryPolicy(attempts=6, first_wait_s=0.2, max_wait_s=2.0, timeout_s=10.0)
@@ -35,29 +42,16 @@ def pack_to_s3(caption_set_dir: Path, stage: Path, *, fmt: str = "wds", per_shar
 
 def remote_stream(cache: Path, remote: str, *, workers: int = 0, world: int = 1, rank: int = 0, epoch: int = 0,
                   interleave: int = 4, policy: RetryPolicy = FAST_RETRY) -> CaptionSampleStream:  # fmt: skip
-    result = CaptionSampleStream(
-        Manifest.load(cache, remote=remote, policy=policy),
-        rank=rank,
-        world_size=world,
-        num_workers=workers,
-        batch_size=5,
-        image_size=(32, 16),
-        augment=AugmentConfig(),
-        context_length=16,
-        seed=0,
-        shuffle_buffer=16,
-        remote=remote,
-        fetch_policy=policy,
-        interleave_shards=interleave,
-    )
-    result.set_epoch(epoch)
-    return result
+    return stream(
+        cache, remote=remote, policy=policy, workers=workers, world=world, rank=rank, epoch=epoch,
+        shuffle_buffer=16, interleave=interleave,
+    )  # fmt: skip
 
 
-def read_epoch(stream: CaptionSampleStream, *, workers: int = 0) -> tuple[list[int], dict[str, int], list[str]]:
+def read_epoch(data: CaptionSampleStream, *, workers: int = 0) -> tuple[list[int], dict[str, int], list[str]]:
     """Caption ids of every batch, the problem counts, and any halt messages, over one epoch."""
     ids, problems, halts = [], [0] * len(PROBLEMS), []
-    for item in make_loader(stream, num_workers=workers):
+    for item in make_loader(data, num_workers=workers):
         if item.get("halt"):
             halts.append(item["halt"])
             continue
